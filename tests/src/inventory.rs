@@ -1,0 +1,1 @@
+//! Demo inventory service (filled in by its own work item).

@@ -1,0 +1,6 @@
+//! Test support for xsolla-bridge: a real demo inventory service, RabbitMQ isolation
+//! helpers (a vhost per test, a private broker node for tests that stop it), signed
+//! Xsolla fixtures and the `xsolla-sim` sender.
+
+pub mod inventory;
+pub mod rabbit;
