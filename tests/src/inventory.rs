@@ -1,1 +1,0 @@
-//! Demo inventory service (filled in by its own work item).
