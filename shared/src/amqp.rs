@@ -1,0 +1,202 @@
+//! Connecting to RabbitMQ and staying connected.
+//!
+//! A [`Session`] is one connection with one confirm-mode channel and the topology declared.
+//! [`supervise`] keeps one session alive for a process: it reconnects with jittered
+//! exponential backoff after any loss and publishes the current session (or `None`) on a
+//! watch channel, which is also what `/readyz` reports. We do this ourselves rather than
+//! with lapin's auto-recovery so that "not connected" is a state callers can see and
+//! answer with 503 at once, instead of a publish that waits on a recovering channel.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    options::{ConfirmSelectOptions},
+};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::topology::{self, Topology};
+
+/// One connection, one confirm-mode channel, topology declared.
+pub struct Session {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Session {
+    /// Connects, declares the topology and puts the channel in confirm mode.
+    pub async fn open(url: &str, name: &str, topology: &Topology) -> lapin::Result<Session> {
+        let connection = connect(url, name).await?;
+        let channel = connection.create_channel().await?;
+        topology::declare(&channel, topology).await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Session { connection, channel })
+    }
+
+    /// The confirm-mode channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The connection, for opening further channels (a consumer's own, for instance).
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Both the connection and the channel are usable.
+    pub fn is_healthy(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    /// Closes the connection politely (ignored if it is already gone).
+    pub async fn close(&self) {
+        let _ = self.connection.close(200, "closing".into()).await;
+    }
+}
+
+/// Opens a connection named `name` (shown by `rabbitmqctl list_connections client_properties`).
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties).await
+}
+
+/// The URL with its password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A handle on the supervised session.
+#[derive(Clone)]
+pub struct Link {
+    current: watch::Receiver<Option<Arc<Session>>>,
+    suspect: Arc<Notify>,
+}
+
+impl Link {
+    /// The session, if connected and healthy right now.
+    pub fn current(&self) -> Option<Arc<Session>> {
+        self.current
+            .borrow()
+            .as_ref()
+            .filter(|s| s.is_healthy())
+            .cloned()
+    }
+
+    /// Connected, topology declared.
+    pub fn is_ready(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Tells the supervisor that a user of the session saw an AMQP error, so it checks the
+    /// session now instead of at its next periodic look.
+    pub fn report_error(&self) {
+        self.suspect.notify_one();
+    }
+
+    /// Waits until a session is up, or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration) -> Option<Arc<Session>> {
+        let mut rx = self.current.clone();
+        let ready = rx.wait_for(|s| s.as_ref().is_some_and(|s| s.is_healthy()));
+        match tokio::time::timeout(timeout, ready).await {
+            Ok(Ok(s)) => s.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// How often an idle supervisor looks at its session's health. lapin marks a connection
+/// closed as soon as the broker closes it or the socket fails, so this only bounds how long
+/// `/readyz` can lag behind.
+const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps a [`Session`] open until `shutdown`; returns its [`Link`] and the task.
+pub fn supervise(
+    url: String,
+    name: String,
+    topology: Topology,
+    shutdown: CancellationToken,
+) -> (Link, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let suspect = Arc::new(Notify::new());
+    let link = Link {
+        current: rx,
+        suspect: suspect.clone(),
+    };
+    let task = tokio::spawn(async move {
+        let reconnect_backoff = || {
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = reconnect_backoff();
+        while !shutdown.is_cancelled() {
+            match Session::open(&url, &name, &topology).await {
+                Ok(session) => {
+                    tracing::info!(broker = %redact_url(&url), "connected to RabbitMQ, topology declared");
+                    metrics::gauge!("amqp_connected").set(1.0);
+                    backoff = reconnect_backoff();
+                    let session = Arc::new(session);
+                    tx.send_replace(Some(session.clone()));
+                    watch_health(&session, &suspect, &shutdown).await;
+                    tx.send_replace(None);
+                    metrics::gauge!("amqp_connected").set(0.0);
+                    session.close().await;
+                    if !shutdown.is_cancelled() {
+                        tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                    }
+                }
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(%error, retry_in = ?delay, broker = %redact_url(&url), "cannot connect to RabbitMQ");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    });
+    (link, task)
+}
+
+/// Returns when the session is no longer healthy or on shutdown.
+async fn watch_health(session: &Session, suspect: &Notify, shutdown: &CancellationToken) {
+    let mut tick = tokio::time::interval(HEALTH_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = suspect.notified() => {}
+            _ = tick.tick() => {}
+        }
+        if !session.is_healthy() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_the_password_only() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+    }
+}

@@ -1,0 +1,183 @@
+//! The AMQP topology, declared identically (and idempotently) by the ingress and the worker
+//! at every (re)connect, so either can start first and a wiped broker heals itself.
+//!
+//! ```text
+//! ingress ──► xsolla.webhooks (topic, rk = notification_type) ──► xsolla.fulfillment (quorum)
+//!                   │ alternate-exchange                              ▲        │ worker
+//!                   ▼                                                 │ TTL    ├─► xsolla.fulfillment.retry.<d> (quorum)
+//!             xsolla.unrouted (fanout) ──► xsolla.unrouted            └────────┘
+//!                                                                              └─► xsolla.fulfillment.dlq (quorum)
+//! ```
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use crate::webhook::FulfilmentMode;
+
+/// Topic exchange the ingress publishes every verified webhook to; routing key = type.
+pub const EXCHANGE: &str = "xsolla.webhooks";
+/// Alternate exchange of [`EXCHANGE`]: catches what no binding routes, so nothing is dropped.
+pub const UNROUTED_EXCHANGE: &str = "xsolla.unrouted";
+/// Where webhooks of types nobody fulfils are kept for inspection.
+pub const UNROUTED_QUEUE: &str = "xsolla.unrouted";
+/// The worker's queue.
+pub const WORK_QUEUE: &str = "xsolla.fulfillment";
+/// Parked messages, for `worker dlq`.
+pub const DLQ: &str = "xsolla.fulfillment.dlq";
+/// Prefix of the delay-tier queues: `xsolla.fulfillment.retry.<delay>`.
+pub const RETRY_QUEUE_PREFIX: &str = "xsolla.fulfillment.retry.";
+/// Redeliveries of one message (worker crashes on it, connection losses) before the broker
+/// itself parks it in the DLQ: a poison message must not loop forever. Retries through the
+/// delay tiers are new messages and do not count. Fixed, because changing a queue argument
+/// makes re-declaration fail (`PRECONDITION_FAILED`).
+pub const WORK_QUEUE_DELIVERY_LIMIT: i64 = 20;
+
+/// What to declare besides the fixed parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// One delay-tier queue per entry, in the order the retries walk them.
+    pub retry_delays: Vec<Duration>,
+    /// Which notification types the work queue is bound to.
+    pub mode: FulfilmentMode,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            retry_delays: default_retry_delays(),
+            mode: FulfilmentMode::default(),
+        }
+    }
+}
+
+/// 10 s, 1 min, 10 min, 1 h: short enough to ride out a blip, long enough not to hammer a
+/// game that is down for maintenance (the last tier then repeats until the budget is spent).
+pub fn default_retry_delays() -> Vec<Duration> {
+    [10, 60, 600, 3600].map(Duration::from_secs).to_vec()
+}
+
+/// `xsolla.fulfillment.retry.10s`, `…retry.1m`, `…retry.1h`, `…retry.1500ms`.
+pub fn retry_queue_name(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    let label = match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    };
+    format!("{RETRY_QUEUE_PREFIX}{label}")
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long("quorum"));
+    for (k, v) in extra {
+        args.insert((*k).into(), v.clone());
+    }
+    args
+}
+
+/// Dead-letter arguments that send expired/rejected messages to `target` through the default
+/// exchange. `at-least-once` (RabbitMQ ≥ 3.10, quorum queues) keeps a message in the source
+/// queue until the target confirmed it; it requires `reject-publish` overflow.
+/// <https://www.rabbitmq.com/docs/quorum-queues#dead-lettering>
+fn dead_letter_to(target: &str) -> [(&'static str, AMQPValue); 4] {
+    [
+        ("x-dead-letter-exchange", long("")),
+        ("x-dead-letter-routing-key", long(target)),
+        ("x-dead-letter-strategy", long("at-least-once")),
+        ("x-overflow", long("reject-publish")),
+    ]
+}
+
+/// Declares everything. Idempotent; fails with `PRECONDITION_FAILED` if a queue already
+/// exists with other arguments (for instance, a classic queue of the same name).
+pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(UNROUTED_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_declare(UNROUTED_QUEUE.into(), durable_queue, quorum_args(&[]))
+        .await?;
+    bind(channel, UNROUTED_QUEUE, UNROUTED_EXCHANGE, "").await?;
+
+    let mut exchange_args = FieldTable::default();
+    exchange_args.insert("alternate-exchange".into(), long(UNROUTED_EXCHANGE));
+    channel
+        .exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, exchange_args)
+        .await?;
+
+    channel
+        .queue_declare(DLQ.into(), durable_queue, quorum_args(&[]))
+        .await?;
+    let mut work_args = dead_letter_to(DLQ).to_vec();
+    work_args.push(("x-delivery-limit", AMQPValue::LongLongInt(WORK_QUEUE_DELIVERY_LIMIT)));
+    channel
+        .queue_declare(WORK_QUEUE.into(), durable_queue, quorum_args(&work_args))
+        .await?;
+    for routing_key in topology.mode.fulfilled_types() {
+        bind(channel, WORK_QUEUE, EXCHANGE, routing_key).await?;
+    }
+
+    for delay in &topology.retry_delays {
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let mut args = dead_letter_to(WORK_QUEUE).to_vec();
+        args.push(("x-message-ttl", AMQPValue::LongLongInt(ttl)));
+        channel
+            .queue_declare(retry_queue_name(*delay).as_str().into(), durable_queue, quorum_args(&args))
+            .await?;
+    }
+    Ok(())
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, routing_key: &str) -> lapin::Result<()> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_retry_tiers_by_their_delay() {
+        let names: Vec<_> = [10_000, 60_000, 600_000, 3_600_000, 1_500, 90_000]
+            .map(|ms| retry_queue_name(Duration::from_millis(ms)))
+            .to_vec();
+        assert_eq!(
+            names,
+            [
+                "xsolla.fulfillment.retry.10s",
+                "xsolla.fulfillment.retry.1m",
+                "xsolla.fulfillment.retry.10m",
+                "xsolla.fulfillment.retry.1h",
+                "xsolla.fulfillment.retry.1500ms",
+                "xsolla.fulfillment.retry.90s",
+            ]
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! What the bridge reads out of an Xsolla webhook body.
+//!
+//! The body itself is never re-serialised: it travels through RabbitMQ byte for byte so any
+//! consumer can re-verify the signature. This module only *reads* it: the summary the
+//! ingress needs (type, ids for logs and the dedup id) and the fulfilment the worker needs
+//! (who gets which items for which order), from both of Xsolla's delivery modes
+//! (`reference/xsolla-webhooks.md` §3).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha1::{Digest, Sha1};
+
+/// Why a body cannot be read as a webhook (answered `400 INVALID_PARAMETER` at the edge, or
+/// dead-lettered at once by the worker).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("body is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("`notification_type` is missing or not a non-empty string")]
+    NoNotificationType,
+    #[error("`{0}` is missing or not an id (string or integer)")]
+    MissingField(&'static str),
+    #[error("no items to fulfil (`{0}` is empty or missing)")]
+    NoItems(&'static str),
+    #[error("item {index} has no usable `sku` or a non-positive quantity")]
+    BadItem { index: usize },
+    #[error("notification type `{0}` is not fulfilled by this worker")]
+    NotFulfilled(String),
+}
+
+/// The parts of a webhook the ingress logs and keys on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub notification_type: String,
+    pub order_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub user_id: Option<String>,
+    pub project_id: Option<u64>,
+    /// Stable across Xsolla's re-sends of the same event; used as the AMQP `message_id`.
+    pub dedup_id: String,
+}
+
+/// Parses `body` as a JSON object that names its `notification_type`.
+pub fn parse(body: &[u8]) -> Result<(Value, Summary), WebhookError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(WebhookError::NotJson("top level is not an object".into()));
+    }
+    let summary = summarize(&value, body)?;
+    Ok((value, summary))
+}
+
+fn summarize(v: &Value, body: &[u8]) -> Result<Summary, WebhookError> {
+    let notification_type = v
+        .get("notification_type")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or(WebhookError::NoNotificationType)?
+        .to_owned();
+    let order_id = id_at(v, &["order", "id"]);
+    let transaction_id = transaction_id(v);
+    let user_id = id_at(v, &["user", "external_id"]).or_else(|| id_at(v, &["user", "id"]));
+    let project_id = project_id(v);
+    let dedup_id = match (notification_type.as_str(), &order_id, &transaction_id) {
+        ("order_paid" | "order_canceled", Some(order), _) => format!("{notification_type}:{order}"),
+        (_, _, Some(tx)) => format!("{notification_type}:tx:{tx}"),
+        // No natural id: the body's own hash is stable across Xsolla's re-sends.
+        _ => format!("{notification_type}:sha1:{}", hex::encode(Sha1::digest(body))),
+    };
+    Ok(Summary {
+        notification_type,
+        order_id,
+        transaction_id,
+        user_id,
+        project_id,
+        dedup_id,
+    })
+}
+
+/// Reads an id that Xsolla sends as a string in some payloads and an integer in others.
+/// Integers are read as such, never through `f64`, so 19-digit ids survive.
+pub fn id_at(v: &Value, path: &[&str]) -> Option<String> {
+    let mut cur = v;
+    for key in path {
+        cur = cur.get(key)?;
+    }
+    match cur {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `billing.transaction.id` in combined mode, `transaction.id` in separate mode.
+fn transaction_id(v: &Value) -> Option<String> {
+    id_at(v, &["billing", "transaction", "id"]).or_else(|| id_at(v, &["transaction", "id"]))
+}
+
+fn project_id(v: &Value) -> Option<u64> {
+    let from = |path: &[&str]| id_at(v, path).and_then(|s| s.parse().ok());
+    from(&["billing", "settings", "project_id"]).or_else(|| from(&["settings", "project_id"]))
+}
+
+/// What the game is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    Grant,
+    Revoke,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Grant => "grant",
+            Effect::Revoke => "revoke",
+        }
+    }
+}
+
+/// One line of a grant or revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub sku: String,
+    pub quantity: i64,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// A grant or revocation read from an `order_paid`/`order_canceled` (or, in payments mode,
+/// `payment`/`refund`) webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fulfilment {
+    pub effect: Effect,
+    pub notification_type: String,
+    pub project_id: Option<u64>,
+    pub user_id: String,
+    pub order_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub items: Vec<Item>,
+    pub sandbox: bool,
+}
+
+impl Fulfilment {
+    /// The same key for every delivery of the same effect, so the game applies it once.
+    pub fn idempotency_key(&self) -> String {
+        match &self.order_id {
+            Some(order) => format!("xsolla:order:{order}:{}", self.effect.as_str()),
+            None => format!(
+                "xsolla:transaction:{}:{}",
+                self.transaction_id.as_deref().unwrap_or_default(),
+                self.effect.as_str()
+            ),
+        }
+    }
+}
+
+/// Which notification types become grants and revocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FulfilmentMode {
+    /// Also fulfil `payment` → grant and `refund` → revoke, items from `purchase`
+    /// (integrations without the in-game store).
+    pub payments: bool,
+}
+
+impl FulfilmentMode {
+    /// The routing keys (notification types) the work queue is bound to.
+    pub fn fulfilled_types(self) -> &'static [&'static str] {
+        if self.payments {
+            &["order_paid", "order_canceled", "payment", "refund"]
+        } else {
+            &["order_paid", "order_canceled"]
+        }
+    }
+
+    /// Reads the fulfilment out of a webhook of a fulfilled type.
+    pub fn fulfilment(self, v: &Value) -> Result<Fulfilment, WebhookError> {
+        let notification_type = v
+            .get("notification_type")
+            .and_then(Value::as_str)
+            .ok_or(WebhookError::NoNotificationType)?;
+        match notification_type {
+            "order_paid" => order_fulfilment(v, Effect::Grant),
+            "order_canceled" => order_fulfilment(v, Effect::Revoke),
+            "payment" if self.payments => payment_fulfilment(v, Effect::Grant),
+            "refund" if self.payments => payment_fulfilment(v, Effect::Revoke),
+            other => Err(WebhookError::NotFulfilled(other.to_owned())),
+        }
+    }
+}
+
+fn order_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookError> {
+    let order_id = id_at(v, &["order", "id"]).ok_or(WebhookError::MissingField("order.id"))?;
+    let user_id = id_at(v, &["user", "external_id"])
+        .or_else(|| id_at(v, &["user", "id"]))
+        .ok_or(WebhookError::MissingField("user.external_id"))?;
+    let raw_items = v
+        .get("items")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .ok_or(WebhookError::NoItems("items"))?;
+    let items = raw_items
+        .iter()
+        .enumerate()
+        .map(|(index, it)| {
+            let sku = it
+                .get("sku")
+                .or_else(|| it.get("sku_drm"))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty());
+            let quantity = it.get("quantity").and_then(Value::as_i64).unwrap_or(1);
+            match sku {
+                Some(sku) if quantity > 0 => Ok(Item {
+                    sku: sku.to_owned(),
+                    quantity,
+                    kind: it.get("type").and_then(Value::as_str).map(str::to_owned),
+                }),
+                _ => Err(WebhookError::BadItem { index }),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sandbox = v.pointer("/order/mode").and_then(Value::as_str) == Some("sandbox");
+    Ok(Fulfilment {
+        effect,
+        notification_type: v["notification_type"].as_str().unwrap_or_default().to_owned(),
+        project_id: project_id(v),
+        user_id,
+        order_id: Some(order_id),
+        transaction_id: transaction_id(v),
+        items,
+        sandbox,
+    })
+}
+
+fn payment_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookError> {
+    let transaction_id =
+        transaction_id(v).ok_or(WebhookError::MissingField("transaction.id"))?;
+    let user_id = id_at(v, &["user", "id"]).ok_or(WebhookError::MissingField("user.id"))?;
+    let mut items = Vec::new();
+    if let Some(list) = v.pointer("/purchase/virtual_items/items").and_then(Value::as_array) {
+        for (index, it) in list.iter().enumerate() {
+            let sku = it.get("sku").and_then(Value::as_str).filter(|s| !s.is_empty());
+            let quantity = it.get("amount").and_then(Value::as_i64).unwrap_or(1);
+            match sku {
+                Some(sku) if quantity > 0 => items.push(Item {
+                    sku: sku.to_owned(),
+                    quantity,
+                    kind: Some("virtual_good".into()),
+                }),
+                _ => return Err(WebhookError::BadItem { index }),
+            }
+        }
+    }
+    if let Some(vc) = v.pointer("/purchase/virtual_currency") {
+        let sku = vc
+            .get("sku")
+            .or_else(|| vc.get("name"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        let quantity = vc.get("quantity").and_then(Value::as_i64).unwrap_or(0);
+        match sku {
+            Some(sku) if quantity > 0 => items.push(Item {
+                sku: sku.to_owned(),
+                quantity,
+                kind: Some("virtual_currency".into()),
+            }),
+            _ => return Err(WebhookError::BadItem { index: items.len() }),
+        }
+    }
+    if items.is_empty() {
+        return Err(WebhookError::NoItems("purchase.virtual_items / purchase.virtual_currency"));
+    }
+    let dry_run = |p: &str| v.pointer(p).and_then(Value::as_i64) == Some(1);
+    Ok(Fulfilment {
+        effect,
+        notification_type: v["notification_type"].as_str().unwrap_or_default().to_owned(),
+        project_id: project_id(v),
+        user_id,
+        order_id: id_at(v, &["order", "id"]),
+        transaction_id: Some(transaction_id),
+        items,
+        sandbox: dry_run("/transaction/dry_run"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(path).unwrap()
+    }
+
+    fn fulfil(name: &str, mode: FulfilmentMode) -> Result<Fulfilment, WebhookError> {
+        let (v, _) = parse(&fixture(name)).unwrap();
+        mode.fulfilment(&v)
+    }
+
+    #[test]
+    fn reads_combined_mode_order_paid() {
+        let f = fulfil("order_paid_combined", FulfilmentMode::default()).unwrap();
+        assert_eq!(f.effect, Effect::Grant);
+        assert_eq!(f.user_id, "id_xsolla_login_1");
+        assert_eq!(f.order_id.as_deref(), Some("1"));
+        assert_eq!(f.transaction_id.as_deref(), Some("1"));
+        assert_eq!(f.project_id, Some(18404));
+        assert_eq!(f.items.len(), 3);
+        assert_eq!(f.items[0].sku, "com.xsolla.item_1");
+        assert_eq!(f.items[0].quantity, 3);
+        assert_eq!(f.items[2].quantity, 1500);
+        assert_eq!(f.idempotency_key(), "xsolla:order:1:grant");
+    }
+
+    #[test]
+    fn reads_separate_mode_order_paid_and_canceled() {
+        let paid = fulfil("order_paid_separate", FulfilmentMode::default()).unwrap();
+        assert_eq!(paid.transaction_id, None);
+        assert_eq!(paid.project_id, None);
+        assert_eq!(paid.items[2].sku, "gold");
+        let canceled = fulfil("order_canceled_separate", FulfilmentMode::default()).unwrap();
+        assert_eq!(canceled.effect, Effect::Revoke);
+        assert_eq!(canceled.idempotency_key(), "xsolla:order:1:revoke");
+    }
+
+    #[test]
+    fn payments_are_fulfilled_only_in_payments_mode() {
+        assert_eq!(
+            fulfil("payment", FulfilmentMode::default()),
+            Err(WebhookError::NotFulfilled("payment".into()))
+        );
+        let mode = FulfilmentMode { payments: true };
+        let grant = fulfil("payment", mode).unwrap();
+        assert_eq!(grant.effect, Effect::Grant);
+        assert_eq!(grant.user_id, "1234567");
+        assert!(grant.sandbox, "dry_run = 1 is a sandbox payment");
+        let skus: Vec<_> = grant.items.iter().map(|i| i.sku.as_str()).collect();
+        assert_eq!(skus, ["test_item1", "Coins"]);
+        assert_eq!(grant.idempotency_key(), "xsolla:transaction:1:grant");
+        assert_eq!(fulfil("refund", mode).unwrap().effect, Effect::Revoke);
+    }
+
+    #[test]
+    fn summary_keys_orders_by_type_and_order_id() {
+        let (_, s) = parse(&fixture("order_paid_combined")).unwrap();
+        assert_eq!(s.dedup_id, "order_paid:1");
+        let (_, s) = parse(&fixture("payment")).unwrap();
+        assert_eq!(s.dedup_id, "payment:tx:1");
+        let (_, s) = parse(&fixture("user_validation")).unwrap();
+        assert_eq!(s.user_id.as_deref(), Some("1234567"));
+        assert!(s.dedup_id.starts_with("user_validation:sha1:"));
+    }
+
+    #[test]
+    fn rejects_bodies_that_are_not_webhooks() {
+        assert!(matches!(parse(b"not json"), Err(WebhookError::NotJson(_))));
+        assert!(matches!(parse(b"[1]"), Err(WebhookError::NotJson(_))));
+        assert_eq!(parse(b"{}").unwrap_err(), WebhookError::NoNotificationType);
+        assert_eq!(
+            parse(br#"{"notification_type":""}"#).unwrap_err(),
+            WebhookError::NoNotificationType
+        );
+    }
+
+    #[test]
+    fn keeps_nineteen_digit_ids_exact() {
+        let body = br#"{"notification_type":"payment","transaction":{"id":1234567890123456789}}"#;
+        let (_, s) = parse(body).unwrap();
+        assert_eq!(s.transaction_id.as_deref(), Some("1234567890123456789"));
+    }
+
+    #[test]
+    fn order_without_items_or_user_is_unfulfillable() {
+        let body = br#"{"notification_type":"order_paid","order":{"id":5},"user":{"external_id":"u"},"items":[]}"#;
+        let (v, _) = parse(body).unwrap();
+        assert_eq!(
+            FulfilmentMode::default().fulfilment(&v),
+            Err(WebhookError::NoItems("items"))
+        );
+        let body = br#"{"notification_type":"order_paid","order":{"id":5},"items":[{"sku":"a","quantity":1}]}"#;
+        let (v, _) = parse(body).unwrap();
+        assert_eq!(
+            FulfilmentMode::default().fulfilment(&v),
+            Err(WebhookError::MissingField("user.external_id"))
+        );
+    }
+}
