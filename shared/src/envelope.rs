@@ -29,6 +29,9 @@ pub mod header {
     /// Last HTTP status from the inventory API, when there was one.
     pub const LAST_STATUS: &str = "x-last-status";
     pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+    /// Unique id of one dead-lettered copy (a UUID), the id `worker dlq` shows and takes:
+    /// `message_id` is not unique there, since duplicates of one webhook may all be parked.
+    pub const DLQ_ID: &str = "x-dlq-id";
     /// Set by `worker dlq replay`: when the operator put it back. Restarts the retry budget.
     pub const REPLAYED_AT: &str = "x-replayed-at";
 }

@@ -1,0 +1,34 @@
+//! `worker` (consume and fulfil) and `worker dlq …` (inspect and replay dead letters).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "Grants and revokes Xsolla orders through the game's inventory API",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: worker::config::WorkerArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Inspect, replay and purge dead-lettered events.
+    Dlq(worker::dlq::DlqArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Dlq(args)) => worker::dlq::main(args).await,
+        None => worker::run_main(cli.run).await,
+    }
+}
