@@ -10,10 +10,7 @@
 use std::{sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use lapin::{
-    Channel, Connection, ConnectionProperties,
-    options::{ConfirmSelectOptions},
-};
+use lapin::{Channel, Connection, ConnectionProperties, options::ConfirmSelectOptions};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +28,13 @@ impl Session {
         let connection = connect(url, name).await?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, topology).await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Session { connection, channel })
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Session {
+            connection,
+            channel,
+        })
     }
 
     /// The confirm-mode channel.

@@ -76,7 +76,9 @@ pub fn parse_delays(s: &str) -> Result<Delays, String> {
     }
     // A message TTL is a 32-bit count of milliseconds on the broker side.
     if let Some(d) = delays.iter().find(|d| d.as_millis() > u128::from(u32::MAX)) {
-        return Err(format!("{d:?} is longer than RabbitMQ's TTL limit (~49 days)"));
+        return Err(format!(
+            "{d:?} is longer than RabbitMQ's TTL limit (~49 days)"
+        ));
     }
     Ok(Delays(delays))
 }
@@ -84,10 +86,17 @@ pub fn parse_delays(s: &str) -> Result<Delays, String> {
 /// Accepts `amqp://` and `amqps://` URLs that lapin can parse.
 pub fn parse_amqp_url(s: &str) -> Result<String, String> {
     if !(s.starts_with("amqp://") || s.starts_with("amqps://")) {
-        return Err(format!("`{}` must start with amqp:// or amqps://", crate::amqp::redact_url(s)));
+        return Err(format!(
+            "`{}` must start with amqp:// or amqps://",
+            crate::amqp::redact_url(s)
+        ));
     }
-    s.parse::<lapin::uri::AMQPUri>()
-        .map_err(|e| format!("`{}` is not a valid AMQP URL: {e}", crate::amqp::redact_url(s)))?;
+    s.parse::<lapin::uri::AMQPUri>().map_err(|e| {
+        format!(
+            "`{}` is not a valid AMQP URL: {e}",
+            crate::amqp::redact_url(s)
+        )
+    })?;
     Ok(s.to_owned())
 }
 

@@ -57,7 +57,10 @@ pub trait HeadersExt {
 
 impl HeadersExt for FieldTable {
     fn set_str(&mut self, key: &str, value: &str) -> &mut Self {
-        self.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+        self.insert(
+            ShortString::from(key),
+            AMQPValue::LongString(LongString::from(value)),
+        );
         self
     }
 
@@ -136,7 +139,11 @@ pub fn new_traceparent() -> String {
 /// Whether `s` is a well-formed W3C `traceparent` we may propagate.
 pub fn is_valid_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
     parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
@@ -154,8 +161,12 @@ mod tests {
     #[test]
     fn header_values_round_trip() {
         let mut h = FieldTable::default();
-        h.set_str(header::NOTIFICATION_TYPE, "order_paid").set_int(header::ATTEMPTS, 3);
-        assert_eq!(h.get_str(header::NOTIFICATION_TYPE).as_deref(), Some("order_paid"));
+        h.set_str(header::NOTIFICATION_TYPE, "order_paid")
+            .set_int(header::ATTEMPTS, 3);
+        assert_eq!(
+            h.get_str(header::NOTIFICATION_TYPE).as_deref(),
+            Some("order_paid")
+        );
         assert_eq!(h.get_int(header::ATTEMPTS), Some(3));
         assert_eq!(h.get_int("absent"), None);
     }
@@ -175,7 +186,10 @@ mod tests {
     fn properties_are_persistent_json_with_id() {
         let p = properties("order_paid:1", FieldTable::default());
         assert_eq!(p.delivery_mode(), &Some(2));
-        assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("order_paid:1"));
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str()),
+            Some("order_paid:1")
+        );
         assert_eq!(
             p.content_type().as_ref().map(|s| s.as_str()),
             Some("application/json")

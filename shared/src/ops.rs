@@ -20,10 +20,16 @@ pub fn router<S: Clone + Send + Sync + 'static>(
                     if ready {
                         (StatusCode::OK, "ready\n")
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready: broker not connected\n")
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: broker not connected\n",
+                        )
                     }
                 }
             }),
         )
-        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
 }

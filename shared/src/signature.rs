@@ -81,7 +81,10 @@ mod tests {
     #[test]
     fn signs_body_followed_by_secret_with_plain_sha1() {
         // Computed independently: `printf '{}secret' | sha1sum`.
-        assert_eq!(sign(b"{}", "secret"), "f0a799cc94bf41334812f8acd4fb4eaa83741272");
+        assert_eq!(
+            sign(b"{}", "secret"),
+            "f0a799cc94bf41334812f8acd4fb4eaa83741272"
+        );
     }
 
     #[test]

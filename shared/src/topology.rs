@@ -111,7 +111,12 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         ..Default::default()
     };
     channel
-        .exchange_declare(UNROUTED_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .exchange_declare(
+            UNROUTED_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
         .queue_declare(UNROUTED_QUEUE.into(), durable_queue, quorum_args(&[]))
@@ -128,7 +133,10 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         .queue_declare(DLQ.into(), durable_queue, quorum_args(&[]))
         .await?;
     let mut work_args = dead_letter_to(DLQ).to_vec();
-    work_args.push(("x-delivery-limit", AMQPValue::LongLongInt(WORK_QUEUE_DELIVERY_LIMIT)));
+    work_args.push((
+        "x-delivery-limit",
+        AMQPValue::LongLongInt(WORK_QUEUE_DELIVERY_LIMIT),
+    ));
     channel
         .queue_declare(WORK_QUEUE.into(), durable_queue, quorum_args(&work_args))
         .await?;
@@ -141,13 +149,22 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         let mut args = dead_letter_to(WORK_QUEUE).to_vec();
         args.push(("x-message-ttl", AMQPValue::LongLongInt(ttl)));
         channel
-            .queue_declare(retry_queue_name(*delay).as_str().into(), durable_queue, quorum_args(&args))
+            .queue_declare(
+                retry_queue_name(*delay).as_str().into(),
+                durable_queue,
+                quorum_args(&args),
+            )
             .await?;
     }
     Ok(())
 }
 
-async fn bind(channel: &Channel, queue: &str, exchange: &str, routing_key: &str) -> lapin::Result<()> {
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> lapin::Result<()> {
     channel
         .queue_bind(
             queue.into(),

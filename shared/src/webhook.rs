@@ -18,6 +18,8 @@ pub enum WebhookError {
     NotJson(String),
     #[error("`notification_type` is missing or not a non-empty string")]
     NoNotificationType,
+    #[error("`notification_type` must be at most 64 letters, digits, `_`, `-` or `.`")]
+    BadNotificationType,
     #[error("`{0}` is missing or not an id (string or integer)")]
     MissingField(&'static str),
     #[error("no items to fulfil (`{0}` is empty or missing)")]
@@ -58,6 +60,11 @@ fn summarize(v: &Value, body: &[u8]) -> Result<Summary, WebhookError> {
         .filter(|t| !t.is_empty())
         .ok_or(WebhookError::NoNotificationType)?
         .to_owned();
+    // It becomes an AMQP routing key and a metrics label: keep it short and plain.
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    if notification_type.len() > 64 || !notification_type.bytes().all(plain) {
+        return Err(WebhookError::BadNotificationType);
+    }
     let order_id = id_at(v, &["order", "id"]);
     let transaction_id = transaction_id(v);
     let user_id = id_at(v, &["user", "external_id"]).or_else(|| id_at(v, &["user", "id"]));
@@ -66,7 +73,19 @@ fn summarize(v: &Value, body: &[u8]) -> Result<Summary, WebhookError> {
         ("order_paid" | "order_canceled", Some(order), _) => format!("{notification_type}:{order}"),
         (_, _, Some(tx)) => format!("{notification_type}:tx:{tx}"),
         // No natural id: the body's own hash is stable across Xsolla's re-sends.
-        _ => format!("{notification_type}:sha1:{}", hex::encode(Sha1::digest(body))),
+        _ => format!(
+            "{notification_type}:sha1:{}",
+            hex::encode(Sha1::digest(body))
+        ),
+    };
+    // AMQP's message_id is a short string (≤ 255 bytes); absurdly long ids are hashed.
+    let dedup_id = if dedup_id.len() > 200 {
+        format!(
+            "{notification_type}:sha1:{}",
+            hex::encode(Sha1::digest(dedup_id.as_bytes()))
+        )
+    } else {
+        dedup_id
     };
     Ok(Summary {
         notification_type,
@@ -223,7 +242,10 @@ fn order_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookErro
     let sandbox = v.pointer("/order/mode").and_then(Value::as_str) == Some("sandbox");
     Ok(Fulfilment {
         effect,
-        notification_type: v["notification_type"].as_str().unwrap_or_default().to_owned(),
+        notification_type: v["notification_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         project_id: project_id(v),
         user_id,
         order_id: Some(order_id),
@@ -234,13 +256,18 @@ fn order_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookErro
 }
 
 fn payment_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookError> {
-    let transaction_id =
-        transaction_id(v).ok_or(WebhookError::MissingField("transaction.id"))?;
+    let transaction_id = transaction_id(v).ok_or(WebhookError::MissingField("transaction.id"))?;
     let user_id = id_at(v, &["user", "id"]).ok_or(WebhookError::MissingField("user.id"))?;
     let mut items = Vec::new();
-    if let Some(list) = v.pointer("/purchase/virtual_items/items").and_then(Value::as_array) {
+    if let Some(list) = v
+        .pointer("/purchase/virtual_items/items")
+        .and_then(Value::as_array)
+    {
         for (index, it) in list.iter().enumerate() {
-            let sku = it.get("sku").and_then(Value::as_str).filter(|s| !s.is_empty());
+            let sku = it
+                .get("sku")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty());
             let quantity = it.get("amount").and_then(Value::as_i64).unwrap_or(1);
             match sku {
                 Some(sku) if quantity > 0 => items.push(Item {
@@ -269,12 +296,17 @@ fn payment_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookEr
         }
     }
     if items.is_empty() {
-        return Err(WebhookError::NoItems("purchase.virtual_items / purchase.virtual_currency"));
+        return Err(WebhookError::NoItems(
+            "purchase.virtual_items / purchase.virtual_currency",
+        ));
     }
     let dry_run = |p: &str| v.pointer(p).and_then(Value::as_i64) == Some(1);
     Ok(Fulfilment {
         effect,
-        notification_type: v["notification_type"].as_str().unwrap_or_default().to_owned(),
+        notification_type: v["notification_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         project_id: project_id(v),
         user_id,
         order_id: id_at(v, &["order", "id"]),
@@ -289,7 +321,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/../tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../tests/fixtures/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read(path).unwrap()
     }
 
@@ -360,6 +395,10 @@ mod tests {
         assert_eq!(
             parse(br#"{"notification_type":""}"#).unwrap_err(),
             WebhookError::NoNotificationType
+        );
+        assert_eq!(
+            parse(br#"{"notification_type":"a#b"}"#).unwrap_err(),
+            WebhookError::BadNotificationType
         );
     }
 

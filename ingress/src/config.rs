@@ -1,0 +1,106 @@
+//! The ingress's options: every one a flag and an environment variable (clap), checked at
+//! start-up so a bad value stops the process with one line naming the option.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use shared::config::{BrokerArgs, parse_duration};
+
+use crate::allowlist::{IpAllowlist, parse_allowlist, parse_cidr_list};
+
+/// Command line and environment of the `ingress` binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "ingress",
+    version,
+    about = "Receives Xsolla webhooks and makes them durable in RabbitMQ"
+)]
+pub struct IngressArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "INGRESS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Secret key(s) for `POST /webhooks/xsolla`, comma-separated. During a rotation list the
+    /// new and the old key; a webhook signed with either is accepted.
+    #[arg(
+        long,
+        env = "XSOLLA_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub webhook_secret: Vec<String>,
+
+    /// JSON file of per-project secrets for `POST /webhooks/xsolla/{project_id}`:
+    /// `{"18404": ["new-key", "old-key"], "18405": ["key"]}`.
+    #[arg(long, env = "XSOLLA_PROJECTS_FILE")]
+    pub projects_file: Option<PathBuf>,
+
+    /// The game's user lookup for `user_validation`: a URL template with `{user_id}`;
+    /// 2xx = the user exists, 404 = unknown. Unset: every user is accepted (with a warning).
+    #[arg(long, env = "USER_CHECK_URL")]
+    pub user_check_url: Option<String>,
+
+    /// Bearer token sent to USER_CHECK_URL, if the game's API needs one.
+    #[arg(long, env = "USER_CHECK_TOKEN", hide_env_values = true)]
+    pub user_check_token: Option<String>,
+
+    /// Deadline for one user lookup; past it the answer is 503 and Xsolla may ask again.
+    #[arg(long, env = "USER_CHECK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub user_check_timeout: Duration,
+
+    /// Also answer `user_search` synchronously through USER_CHECK_URL (200 with the user).
+    #[arg(long, env = "USER_SEARCH_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub user_search: bool,
+
+    /// Source-IP allowlist: `off`, `xsolla` (Xsolla's published ranges) or CIDRs.
+    #[arg(long, env = "XSOLLA_IP_ALLOWLIST", default_value = "off", value_parser = parse_allowlist)]
+    pub ip_allowlist: IpAllowlist,
+
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed. Empty: the TCP peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_cidr_list)]
+    pub trusted_proxies: CidrList,
+
+    /// Largest accepted body; larger ones get 413 and are never truncated.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_body_bytes: u32,
+
+    /// Publishes awaiting a broker confirm at once; beyond it the answer is 503 at once.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_in_flight: u32,
+
+    /// `Retry-After` seconds sent with every 503.
+    #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub retry_after_secs: u32,
+
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// A parsed list of networks (clap needs a named type for a whole-value parser).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CidrList(pub Vec<ipnet::IpNet>);
+
+impl IngressArgs {
+    /// Checks what clap cannot: that some secret exists and that URLs are usable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.webhook_secret.iter().all(|s| s.trim().is_empty()) && self.projects_file.is_none() {
+            return Err("XSOLLA_WEBHOOK_SECRET (--webhook-secret) or XSOLLA_PROJECTS_FILE (--projects-file) must be set".into());
+        }
+        if self.webhook_secret.iter().any(|s| s.trim().is_empty())
+            && !self.webhook_secret.is_empty()
+        {
+            return Err("XSOLLA_WEBHOOK_SECRET (--webhook-secret) contains an empty secret".into());
+        }
+        if let Some(url) = &self.user_check_url {
+            crate::user_check::validate_template(url)
+                .map_err(|e| format!("USER_CHECK_URL (--user-check-url): {e}"))?;
+        }
+        if self.user_search && self.user_check_url.is_none() {
+            return Err("USER_SEARCH_ENABLED (--user-search) needs USER_CHECK_URL".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! Durable publishing for the HTTP edge: bounded in-flight publishes on the supervised
+//! session, each confirmed by the broker before the request may be answered 204.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lapin::BasicProperties;
+use shared::{
+    amqp::Link,
+    publish::{PublishError, publish_confirmed},
+    topology::EXCHANGE,
+};
+use tokio::sync::Semaphore;
+
+/// Why a webhook is not durable yet (answered 503).
+#[derive(Debug, thiserror::Error)]
+pub enum NotDurable {
+    #[error("too many publishes awaiting a broker confirm")]
+    Overloaded,
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl NotDurable {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NotDurable::Overloaded => "overloaded",
+            NotDurable::Publish(e) => e.kind(),
+        }
+    }
+}
+
+/// Publishes to `xsolla.webhooks` through the current broker session.
+#[derive(Clone)]
+pub struct Publisher {
+    link: Link,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    timeout: Duration,
+}
+
+impl Publisher {
+    pub fn new(link: Link, max_in_flight: usize, timeout: Duration) -> Publisher {
+        Publisher {
+            link,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            timeout,
+        }
+    }
+
+    /// Connected and topology declared.
+    pub fn is_ready(&self) -> bool {
+        self.link.is_ready()
+    }
+
+    /// Publishes and waits for the confirm. Never waits for a permit or a connection:
+    /// if either is missing the caller answers 503 at once and Xsolla re-sends later.
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), NotDurable> {
+        let _permit = self
+            .permits
+            .try_acquire()
+            .map_err(|_| NotDurable::Overloaded)?;
+        let in_flight = self.max_in_flight - self.permits.available_permits();
+        metrics::gauge!("ingress_publishes_in_flight").set(in_flight as f64);
+        let session = self.link.current().ok_or(PublishError::NotConnected)?;
+        let started = Instant::now();
+        let result = publish_confirmed(
+            session.channel(),
+            EXCHANGE,
+            routing_key,
+            body,
+            properties,
+            self.timeout,
+        )
+        .await;
+        let label = match &result {
+            Ok(()) => "ack",
+            Err(e) => e.kind(),
+        };
+        metrics::histogram!("ingress_publish_confirm_seconds", "result" => label)
+            .record(started.elapsed().as_secs_f64());
+        if matches!(
+            result,
+            Err(PublishError::Amqp(_) | PublishError::Timeout(_))
+        ) {
+            self.link.report_error();
+        }
+        result.map_err(NotDurable::from)
+    }
+}

@@ -1,0 +1,222 @@
+//! The webhook routes. The handler reads like the protocol: verify → answer the live
+//! checks, or publish durably → respond.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{Path, Request, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+use shared::{
+    envelope::{self, HeadersExt, header},
+    webhook::id_at,
+};
+
+use crate::{
+    allowlist::IpAllowlist,
+    error::ApiError,
+    publisher::Publisher,
+    secrets::Secrets,
+    user_check::{Lookup, UserCheck},
+    verify::{VerifiedWebhook, verify},
+};
+
+/// Everything a request needs, shared by all requests.
+pub struct App {
+    pub secrets: Secrets,
+    pub allowlist: IpAllowlist,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub max_body_bytes: usize,
+    pub user_check: Option<UserCheck>,
+    pub user_search: bool,
+    pub publisher: Publisher,
+    pub retry_after: u32,
+}
+
+/// `POST /webhooks/xsolla` and `POST /webhooks/xsolla/{project_id}`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/webhooks/xsolla", post(single_project))
+        .route("/webhooks/xsolla/{project_id}", post(one_of_projects))
+        .with_state(app)
+}
+
+async fn single_project(State(app): State<Arc<App>>, request: Request) -> Response {
+    handle(&app, None, request).await
+}
+
+async fn one_of_projects(
+    State(app): State<Arc<App>>,
+    Path(project): Path<String>,
+    request: Request,
+) -> Response {
+    match project.parse::<u64>() {
+        Ok(id) => handle(&app, Some(id), request).await,
+        Err(_) => finish(
+            "-",
+            Instant::now(),
+            Err(ApiError::InvalidParameter(format!(
+                "project id `{project}` is not a number"
+            ))),
+        ),
+    }
+}
+
+async fn handle(app: &App, project: Option<u64>, request: Request) -> Response {
+    let started = Instant::now();
+    let webhook = match verify(app, project, request).await {
+        Ok(webhook) => webhook,
+        Err(e) => return finish("-", started, Err(e)),
+    };
+    let kind = webhook.summary.notification_type.as_str();
+    let result = match kind {
+        "user_validation" => validate_user(app, &webhook).await,
+        "user_search" if app.user_search => search_user(app, &webhook).await,
+        _ => publish(app, &webhook)
+            .await
+            .map(|()| StatusCode::NO_CONTENT.into_response()),
+    };
+    let s = &webhook.summary;
+    let span = tracing::info_span!(
+        "webhook",
+        notification_type = kind,
+        order_id = s.order_id.as_deref(),
+        transaction_id = s.transaction_id.as_deref(),
+        message_id = %s.dedup_id,
+        traceparent = %webhook.traceparent,
+    );
+    span.in_scope(|| finish(kind, started, result))
+}
+
+/// Records the metrics and the log line, then turns the result into the answer.
+fn finish(kind: &str, started: Instant, result: Result<Response, ApiError>) -> Response {
+    let (status, outcome) = match &result {
+        Ok(r) => (r.status(), "accepted"),
+        Err(e) => (e.status(), e.outcome()),
+    };
+    metrics::counter!("ingress_requests_total", "type" => type_label(kind), "outcome" => outcome)
+        .increment(1);
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match &result {
+        Ok(_) => tracing::info!(
+            status = status.as_u16(),
+            outcome,
+            elapsed_ms,
+            "webhook answered"
+        ),
+        Err(error) => {
+            tracing::warn!(status = status.as_u16(), outcome, %error, elapsed_ms, "webhook refused")
+        }
+    }
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Keeps the metrics label set bounded: Xsolla's documented types, else `other`.
+fn type_label(kind: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "user_validation",
+        "user_search",
+        "payment",
+        "refund",
+        "partial_refund",
+        "user_balance_operation",
+        "create_subscription",
+        "cancel_subscription",
+        "update_subscription",
+        "order_paid",
+        "order_canceled",
+        "payment_account_add",
+        "payment_account_remove",
+        "partner_side_catalog",
+        "redeem_key",
+        "get_pincode",
+        "afs_reject",
+        "afs_black_list",
+        "non_renewal_subscription",
+    ];
+    match kind {
+        "-" => "unverified",
+        k => KNOWN
+            .iter()
+            .find(|known| **known == k)
+            .copied()
+            .unwrap_or("other"),
+    }
+}
+
+/// Publishes the raw body with the envelope headers; Ok only after the broker's confirm.
+async fn publish(app: &App, webhook: &VerifiedWebhook) -> Result<(), ApiError> {
+    let kind = &webhook.summary.notification_type;
+    let mut headers = FieldTable::default();
+    headers
+        .set_str(header::NOTIFICATION_TYPE, kind)
+        .set_str(header::ROUTING_KEY, kind)
+        .set_str(header::SIGNATURE, &webhook.signature)
+        .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
+        .set_int(header::ATTEMPTS, 0)
+        .set_str(header::TRACEPARENT, &webhook.traceparent);
+    if let Some(project) = webhook.project_id {
+        headers.set_int(header::PROJECT_ID, project as i64);
+    }
+    let properties = envelope::properties(&webhook.summary.dedup_id, headers);
+    app.publisher
+        .publish(kind, &webhook.body, properties)
+        .await
+        .map_err(|e| app.unavailable(format!("not durable: {e}")))
+}
+
+/// `user_validation`: 204 if the game knows the user, 400 `INVALID_USER` if not.
+async fn validate_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
+    let Some(check) = &app.user_check else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let user_id = id_at(&webhook.value, &["user", "id"])
+        .ok_or_else(|| ApiError::InvalidParameter("`user.id` is missing".into()))?;
+    match check.lookup(&user_id, &webhook.traceparent).await {
+        Ok(Lookup::Exists(_)) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(Lookup::Unknown) => Err(ApiError::InvalidUser),
+        Err(e) => Err(app.unavailable(format!("cannot validate user: {e}"))),
+    }
+}
+
+/// `user_search`: 200 `{"user": …}` from the game's answer, 400 `INVALID_USER` if unknown.
+async fn search_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
+    let check = app
+        .user_check
+        .as_ref()
+        .expect("validated: user_search needs USER_CHECK_URL");
+    let user_id = id_at(&webhook.value, &["user", "public_id"])
+        .or_else(|| id_at(&webhook.value, &["user", "id"]))
+        .ok_or_else(|| {
+            ApiError::InvalidParameter("`user.public_id` or `user.id` is missing".into())
+        })?;
+    match check.lookup(&user_id, &webhook.traceparent).await {
+        Ok(Lookup::Exists(body)) => {
+            // The game may answer `{"user":{…}}` or the user object itself; Xsolla needs an id.
+            let user = match body {
+                Some(Value::Object(mut o)) if o.contains_key("user") => {
+                    o.remove("user").unwrap_or_default()
+                }
+                Some(v @ Value::Object(_)) => v,
+                _ => json!({ "id": user_id }),
+            };
+            Ok((StatusCode::OK, axum::Json(json!({ "user": user }))).into_response())
+        }
+        Ok(Lookup::Unknown) => Err(ApiError::InvalidUser),
+        Err(e) => Err(app.unavailable(format!("cannot search user: {e}"))),
+    }
+}
+
+impl App {
+    fn unavailable(&self, reason: String) -> ApiError {
+        ApiError::Unavailable {
+            reason,
+            retry_after: self.retry_after,
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Live answers for `user_validation` (and `user_search`): ask the game's user API whether
+//! the player exists, within a deadline, because Xsolla waits on this answer at checkout.
+
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value;
+
+/// Characters left as they are in a user id put into the URL (RFC 3986 unreserved).
+const USER_ID: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The game's answer about one user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// 2xx; the JSON body if it had one (used to answer `user_search`).
+    Exists(Option<Value>),
+    /// 404.
+    Unknown,
+}
+
+/// Why the game could not answer: the webhook gets 503 and Xsolla may ask again.
+#[derive(Debug, thiserror::Error)]
+pub enum UserCheckError {
+    #[error("user API did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("user API answered {0}")]
+    Status(u16),
+    #[error("user API unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Client for `USER_CHECK_URL`.
+#[derive(Debug, Clone)]
+pub struct UserCheck {
+    template: String,
+    token: Option<String>,
+    timeout: Duration,
+    client: reqwest::Client,
+}
+
+/// Checks that a template is an http(s) URL with a `{user_id}` placeholder.
+pub fn validate_template(template: &str) -> Result<(), String> {
+    if !template.contains("{user_id}") {
+        return Err(format!("`{template}` has no {{user_id}} placeholder"));
+    }
+    let sample = template.replace("{user_id}", "x");
+    let url =
+        reqwest::Url::parse(&sample).map_err(|e| format!("`{template}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{template}` must be http:// or https://"));
+    }
+    Ok(())
+}
+
+impl UserCheck {
+    pub fn new(template: String, token: Option<String>, timeout: Duration) -> UserCheck {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .expect("a client with only a timeout set builds");
+        UserCheck {
+            template,
+            token,
+            timeout,
+            client,
+        }
+    }
+
+    /// Looks `user_id` up; 2xx = exists, 404 = unknown, anything else is an error.
+    pub async fn lookup(&self, user_id: &str, traceparent: &str) -> Result<Lookup, UserCheckError> {
+        let url = self.template.replace(
+            "{user_id}",
+            &utf8_percent_encode(user_id, USER_ID).to_string(),
+        );
+        let mut request = self.client.get(url).header("traceparent", traceparent);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| self.classify(e))?;
+        let status = response.status();
+        if status.is_success() {
+            let body = response.bytes().await.map_err(|e| self.classify(e))?;
+            return Ok(Lookup::Exists(serde_json::from_slice(&body).ok()));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Lookup::Unknown);
+        }
+        Err(UserCheckError::Status(status.as_u16()))
+    }
+
+    fn classify(&self, e: reqwest::Error) -> UserCheckError {
+        if e.is_timeout() {
+            UserCheckError::Timeout(self.timeout)
+        } else {
+            UserCheckError::Unreachable(e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_need_a_placeholder_and_http() {
+        assert!(validate_template("http://game/users/{user_id}").is_ok());
+        assert!(
+            validate_template("http://game/users")
+                .unwrap_err()
+                .contains("{user_id}")
+        );
+        assert!(validate_template("ftp://game/{user_id}").is_err());
+        assert!(validate_template("not a url {user_id}").is_err());
+    }
+
+    #[test]
+    fn user_ids_are_escaped_into_one_path_segment() {
+        let escaped = utf8_percent_encode("a/b c?d", USER_ID).to_string();
+        assert_eq!(escaped, "a%2Fb%20c%3Fd");
+    }
+}
