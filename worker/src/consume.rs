@@ -1,0 +1,219 @@
+//! The consume loop: one consumer on `xsolla.fulfillment` per connected session, each
+//! delivery handled in its own task, re-subscribed after any loss, drained on shutdown.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_lite::StreamExt;
+use lapin::{
+    Channel, Consumer,
+    message::Delivery,
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use shared::{
+    amqp::{Link, Session},
+    envelope::{HeadersExt, header},
+    topology::WORK_QUEUE,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    outcome::{Settled, settle},
+    process::{Context, Message, process},
+};
+
+/// Longest wait for the broker to confirm the consumer's cancellation at shutdown.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// Prefetch, and so the most deliveries in flight at once.
+    pub concurrency: u16,
+    pub publish_timeout: Duration,
+    /// How long in-flight deliveries get to finish after `shutdown`.
+    pub shutdown_timeout: Duration,
+}
+
+/// Consumes until `shutdown`, then cancels the consumer, waits (at most
+/// `shutdown_timeout`) for in-flight deliveries to be settled and closes its channel.
+/// `consuming` is true exactly while a consumer is subscribed (half of `/readyz`).
+pub async fn consume(
+    link: Link,
+    ctx: Arc<Context>,
+    options: ConsumeOptions,
+    consuming: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let resubscribe_backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = resubscribe_backoff();
+    let mut draining: Option<Channel> = None;
+    while !shutdown.is_cancelled() {
+        let session = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            session = link.wait_ready(Duration::from_secs(1)) => session,
+        };
+        let Some(session) = session else { continue };
+        let (channel, consumer) = match subscribe(&session, options.concurrency).await {
+            Ok(subscribed) => subscribed,
+            Err(error) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(%error, retry_in = ?delay, "cannot subscribe to {WORK_QUEUE}");
+                link.report_error();
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        backoff = resubscribe_backoff();
+        consuming.store(true, Ordering::SeqCst);
+        tracing::info!(
+            queue = WORK_QUEUE,
+            prefetch = options.concurrency,
+            "consuming"
+        );
+        let stopped = run_consumer(
+            &channel, consumer, &link, &ctx, &options, &tracker, &shutdown,
+        )
+        .await;
+        consuming.store(false, Ordering::SeqCst);
+        if stopped {
+            draining = Some(channel);
+            break;
+        }
+        tracing::warn!("consumer lost; subscribing again");
+        link.report_error();
+    }
+    consuming.store(false, Ordering::SeqCst);
+    drain(&tracker, options.shutdown_timeout).await;
+    if let Some(channel) = draining {
+        let _ = channel.close(200, "worker stopping".into()).await;
+    }
+}
+
+/// Opens the consumer's own channel (acks travel on it), sets the prefetch, subscribes.
+async fn subscribe(session: &Session, concurrency: u16) -> lapin::Result<(Channel, Consumer)> {
+    let channel = session.connection().create_channel().await?;
+    channel
+        .basic_qos(concurrency, BasicQosOptions::default())
+        .await?;
+    let tag = format!("worker-{}-{}", std::process::id(), channel.id());
+    let consumer = channel
+        .basic_consume(
+            WORK_QUEUE.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// Hands each delivery to a task until the consumer ends (false) or `shutdown` (true,
+/// after cancelling the consumer so the broker sends no more).
+async fn run_consumer(
+    channel: &Channel,
+    mut consumer: Consumer,
+    link: &Link,
+    ctx: &Arc<Context>,
+    options: &ConsumeOptions,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
+                    Ok(Ok(())) => tracing::info!("stopped consuming"),
+                    Ok(Err(error)) => tracing::warn!(%error, "basic.cancel failed"),
+                    Err(_) => tracing::warn!("no basic.cancel-ok within {CANCEL_TIMEOUT:?}"),
+                }
+                return true;
+            }
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                let (ctx, link, timeout) = (ctx.clone(), link.clone(), options.publish_timeout);
+                tracker.spawn(handle(ctx, link, timeout, delivery));
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "consumer error");
+                return false;
+            }
+            None => {
+                tracing::warn!("the broker cancelled the consumer");
+                return false;
+            }
+        }
+    }
+}
+
+/// One delivery, start to finish.
+async fn handle(ctx: Arc<Context>, link: Link, publish_timeout: Duration, delivery: Delivery) {
+    let in_flight = metrics::gauge!("worker_in_flight");
+    in_flight.increment(1.0);
+    let message = Message::from(&delivery);
+    let outcome = process(&ctx, &message).await;
+    let settled = settle(&link, publish_timeout, &delivery, &outcome).await;
+    let label = match settled {
+        Settled::Acked => outcome.label(),
+        Settled::Requeued | Settled::Abandoned => "requeued",
+    };
+    let kind = type_label(&ctx, &message);
+    metrics::counter!("worker_deliveries_total", "type" => kind, "outcome" => label).increment(1);
+    in_flight.decrement(1.0);
+}
+
+/// The `type` label: a fulfilled type, or `other`, so a stray type cannot grow the label set.
+fn type_label(ctx: &Context, msg: &Message<'_>) -> &'static str {
+    let named = msg
+        .headers()
+        .and_then(|h| {
+            h.get_str(header::NOTIFICATION_TYPE)
+                .or_else(|| h.get_str(header::ROUTING_KEY))
+        })
+        .unwrap_or_else(|| msg.routing_key.to_owned());
+    ctx.mode
+        .fulfilled_types()
+        .iter()
+        .find(|t| **t == named)
+        .copied()
+        .unwrap_or("other")
+}
+
+async fn drain(tracker: &TaskTracker, timeout: Duration) {
+    tracker.close();
+    if tracker.is_empty() {
+        return;
+    }
+    tracing::info!(
+        in_flight = tracker.len(),
+        ?timeout,
+        "waiting for in-flight deliveries"
+    );
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "shutdown timeout: closing with deliveries unsettled (the broker redelivers them)"
+        );
+    }
+}
