@@ -25,7 +25,7 @@ fn request(key: &str, order_id: &str, skus: &[&str]) -> InventoryRequest {
             .map(|sku| Item {
                 sku: (*sku).to_string(),
                 quantity: 2,
-                kind: "virtual_good".to_string(),
+                kind: Some("virtual_good".to_string()),
             })
             .collect(),
         notification_type: "order_paid".to_string(),

@@ -42,8 +42,10 @@ pub struct Item {
     /// How many (at least 1).
     pub quantity: u64,
     /// Xsolla item type: `virtual_good`, `virtual_currency`, `game_key`, `bundle`, …
-    #[serde(rename = "type")]
-    pub kind: String,
+    /// `null` (or absent) when the webhook does not say, as for `purchase` items in
+    /// payments mode; the type is informational, so it is not worth a dead letter.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
 }
 
 /// Body of `POST /grants` and `POST /revocations`, as the worker sends it.
@@ -57,7 +59,7 @@ pub struct InventoryRequest {
     pub idempotency_key: String,
     /// Xsolla project id, `null` when unknown.
     #[serde(deserialize_with = "Option::deserialize")]
-    pub project_id: Option<i64>,
+    pub project_id: Option<u64>,
     /// The game's user id (Xsolla `user.external_id` / `user.id`).
     pub user_id: String,
     /// Xsolla order id. Xsolla's ids are integers; the contract carries them as strings.
@@ -156,8 +158,17 @@ mod tests {
     fn accepts_the_contract_body() {
         let raw = serde_json::to_vec(&body()).unwrap();
         let req = InventoryRequest::parse(&raw, "k").unwrap();
-        assert_eq!(req.items[0].kind, "virtual_currency");
+        assert_eq!(req.items[0].kind.as_deref(), Some("virtual_currency"));
         assert_eq!(req.transaction_id, None);
+    }
+
+    #[test]
+    fn item_type_may_be_null_or_absent() {
+        let mut b = body();
+        b["items"] = serde_json::json!([{"sku": "a", "quantity": 1, "type": null}, {"sku": "b", "quantity": 1}]);
+        let raw = serde_json::to_vec(&b).unwrap();
+        let req = InventoryRequest::parse(&raw, "k").unwrap();
+        assert!(req.items.iter().all(|i| i.kind.is_none()));
     }
 
     #[test]

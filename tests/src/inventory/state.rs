@@ -54,7 +54,7 @@ pub struct GrantRecord {
     /// Who received the items.
     pub user_id: String,
     /// Xsolla project id from the request.
-    pub project_id: Option<i64>,
+    pub project_id: Option<u64>,
     /// Xsolla transaction id from the request.
     pub transaction_id: Option<String>,
     /// What was granted.
