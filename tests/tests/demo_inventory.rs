@@ -435,8 +435,7 @@ async fn fault_down_refuses_contract_calls_but_not_admin() {
 
 #[tokio::test]
 async fn fault_timeout_hangs_for_the_configured_time_then_504() {
-    // Real time with a short hang: `tokio::time::pause` needs tokio's `test-util`
-    // feature, which this crate does not enable (yet).
+    // Real time with a short hang, to cover the configurable duration end to end.
     let hang = Duration::from_millis(150);
     let started = tokio::time::Instant::now();
     let (inv, r) = one_call_with(Faults {
@@ -452,6 +451,26 @@ async fn fault_timeout_hangs_for_the_configured_time_then_504() {
     assert_eq!(s.effects_applied, 0);
     assert_eq!(s.answered(Endpoint::Grants, 504), 1);
     assert_eq!(Faults::default().timeout_ms, 30_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fault_timeout_default_hang_is_30s_on_the_paused_clock() {
+    // The real default (30 s) without waiting for it: the paused clock jumps to the
+    // server's timer while the runtime idles on the open request.
+    let started = tokio::time::Instant::now();
+    let (inv, r) = one_call_with(Faults {
+        timeout: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    let hung = started.elapsed();
+    assert!(
+        hung >= Duration::from_secs(30) && hung < Duration::from_secs(60),
+        "{hung:?}"
+    );
+    assert_eq!(inv.state().answered(Endpoint::Grants, 504), 1);
+    inv.shutdown().await.unwrap();
 }
 
 #[tokio::test]
