@@ -26,6 +26,7 @@
 pub mod args;
 pub mod error;
 pub mod message;
+pub mod pretty;
 pub mod purge;
 pub mod read;
 pub mod render;

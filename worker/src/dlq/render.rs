@@ -102,14 +102,16 @@ pub fn listing_text(listing: &Listing) -> String {
     out
 }
 
-/// `HTTP 422: unknown sku`, `connection refused`, `HTTP 503`, or `-`; one line, at most 80
-/// characters.
+/// `HTTP 422: {"error":"unknown_sku"}`, `connection refused`, `HTTP 503`, or `-`; one line,
+/// at most 80 characters.
 fn last_outcome(m: &DeadLetter) -> String {
     let error = m
         .last_error
         .as_deref()
         .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "));
     let text = match (m.last_status, error) {
+        // The worker's errors already name the status (`HTTP 422: {"error":…}`).
+        (Some(status), Some(e)) if e.starts_with(&format!("HTTP {status}")) => e,
         (Some(status), Some(e)) if !e.is_empty() => format!("HTTP {status}: {e}"),
         (Some(status), _) => format!("HTTP {status}"),
         (None, Some(e)) if !e.is_empty() => e,
@@ -178,7 +180,9 @@ pub fn show_text(m: &DeadLetter, copies: usize) -> String {
     }
     out.push_str(&format!("\nbody ({} bytes):\n", m.body.len()));
     match std::str::from_utf8(&m.body) {
-        Ok(text) if serde_json::from_str::<Value>(text).is_ok() => out.push_str(&pretty_json(text)),
+        Ok(text) if serde_json::from_str::<Value>(text).is_ok() => {
+            out.push_str(&super::pretty::pretty_json(text))
+        }
         Ok(text) => out.push_str(text),
         Err(_) => out.push_str(&format!("(not UTF-8) {}", hex::encode(&m.body))),
     }
@@ -270,65 +274,6 @@ fn timestamp_text(t: u64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-/// Re-indents valid JSON text without parsing it into values, so key order, number
-/// spelling and string escapes stay exactly as stored.
-pub fn pretty_json(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len() * 2);
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut chars = raw.chars().peekable();
-    let newline = |out: &mut String, depth: usize| {
-        out.push('\n');
-        out.push_str(&"  ".repeat(depth));
-    };
-    while let Some(c) = chars.next() {
-        if in_string {
-            out.push(c);
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
-            '{' | '[' => {
-                while chars.peek().is_some_and(|c| c.is_whitespace()) {
-                    chars.next();
-                }
-                let close = if c == '{' { '}' } else { ']' };
-                out.push(c);
-                if chars.peek() == Some(&close) {
-                    chars.next();
-                    out.push(close);
-                } else {
-                    depth += 1;
-                    newline(&mut out, depth);
-                }
-            }
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                newline(&mut out, depth);
-                out.push(c);
-            }
-            ',' => {
-                out.push(',');
-                newline(&mut out, depth);
-            }
-            ':' => out.push_str(": "),
-            c if c.is_whitespace() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// One line of `replay`'s output.
 pub fn replay_line(m: &DeadLetter, dry_run: bool) -> String {
     let verb = if dry_run { "would replay" } else { "replayed" };
@@ -377,15 +322,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pretty_printing_keeps_order_numbers_and_escapes() {
-        let raw = r#"{"z":1.50,"a":[],"s":"a,b:{\"c\"}","n":{"x":[1, 2]},"e":{}}"#;
-        let pretty = pretty_json(raw);
-        assert_eq!(
-            pretty,
-            "{\n  \"z\": 1.50,\n  \"a\": [],\n  \"s\": \"a,b:{\\\"c\\\"}\",\n  \"n\": {\n    \"x\": [\n      1,\n      2\n    ]\n  },\n  \"e\": {}\n}"
-        );
-        let reparsed: Value = serde_json::from_str(&pretty).unwrap();
-        assert_eq!(reparsed, serde_json::from_str::<Value>(raw).unwrap());
+    fn last_outcome_names_the_status_once() {
+        let mut m = DeadLetter::new(BasicProperties::default(), Vec::new());
+        assert_eq!(last_outcome(&m), "-");
+        m.last_status = Some(422);
+        assert_eq!(last_outcome(&m), "HTTP 422");
+        m.last_error = Some("HTTP 422: {\"error\":\"unknown_sku\"}".into());
+        assert_eq!(last_outcome(&m), "HTTP 422: {\"error\":\"unknown_sku\"}");
+        m.last_error = Some("unknown\nsku".into());
+        assert_eq!(last_outcome(&m), "HTTP 422: unknown sku");
+        m.last_status = None;
+        m.last_error = Some("x".repeat(200));
+        assert_eq!(last_outcome(&m).chars().count(), 80);
     }
 
     #[test]
