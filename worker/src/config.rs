@@ -28,11 +28,16 @@ pub struct WorkerArgs {
     pub inventory_timeout: Duration,
 
     /// Deliveries handled at once; also the prefetch (`basic.qos`) of the consumer.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, env = "WORKER_CONCURRENCY", value_name = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub concurrency: u16,
 
     /// Address of `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long, env = "WORKER_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "WORKER_LISTEN",
+        value_name = "WORKER_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
     pub listen: SocketAddr,
 
     /// How long an event may keep failing transiently (counted from when the ingress

@@ -2,6 +2,7 @@
 //! delivery handled in its own task, re-subscribed after any loss, drained on shutdown.
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -10,11 +11,11 @@ use std::{
 };
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures_lite::StreamExt;
+use futures_lite::{FutureExt, StreamExt};
 use lapin::{
     Channel, Consumer,
     message::Delivery,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::FieldTable,
 };
 use shared::{
@@ -172,13 +173,28 @@ async fn handle(ctx: Arc<Context>, link: Link, publish_timeout: Duration, delive
     let in_flight = metrics::gauge!("worker_in_flight");
     in_flight.increment(1.0);
     let message = Message::from(&delivery);
-    let outcome = process(&ctx, &message).await;
-    let settled = settle(&link, publish_timeout, &delivery, &outcome).await;
-    let label = match settled {
-        Settled::Acked => outcome.label(),
-        Settled::Requeued | Settled::Abandoned => "requeued",
-    };
     let kind = type_label(&ctx, &message);
+    // A bug must not strand the delivery unacked (and its prefetch slot taken) for the life
+    // of the channel: requeue it, and the work queue's delivery limit parks it in the DLQ
+    // if it keeps failing this way.
+    let label = match AssertUnwindSafe(process(&ctx, &message))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => match settle(&link, publish_timeout, &delivery, &outcome).await {
+            Settled::Acked => outcome.label(),
+            Settled::Requeued | Settled::Abandoned => "requeued",
+        },
+        Err(_) => {
+            tracing::error!("processing panicked; requeueing the delivery");
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            let _ = delivery.acker.nack(requeue).await;
+            "requeued"
+        }
+    };
     metrics::counter!("worker_deliveries_total", "type" => kind, "outcome" => label).increment(1);
     in_flight.decrement(1.0);
 }

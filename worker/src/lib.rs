@@ -78,7 +78,7 @@ pub async fn run(
             .into_future(),
     );
     tracing::info!(
-        inventory = %inventory_url,
+        inventory = %redacted(inventory_url),
         concurrency = args.concurrency,
         retry_delays = ?ctx.policy.tiers,
         retry_budget = ?args.retry_budget,
@@ -101,6 +101,15 @@ pub async fn run(
         .context("ops server")?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// The URL without its password, if it has one, for logs.
+fn redacted(url: &reqwest::Url) -> reqwest::Url {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url
 }
 
 /// The `worker` binary: logs, options check, `WORKER_LISTEN`, SIGTERM/ctrl-c, [`run`].
