@@ -23,7 +23,7 @@ pub mod exit {
 /// acked is returned to the DLQ (by us, or by the broker when the connection goes).
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error("cannot reach RabbitMQ at {url}: {reason}")]
+    #[error("cannot connect to RabbitMQ at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error(
         "queue {queue} does not exist on this vhost: has the worker or ingress ever started here?"

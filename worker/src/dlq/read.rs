@@ -200,7 +200,7 @@ impl<'c> Pass<'c> {
         within(self.timeout, "returning messages to the DLQ", nack).await?;
         self.held.clear();
         // A quorum queue applies returns asynchronously; the ready count shows when they are in.
-        let expected = self.total - self.acked;
+        let expected = self.taken - self.acked;
         let deadline = tokio::time::Instant::now() + self.timeout;
         while queue_count(self.channel, self.timeout).await? < expected
             && tokio::time::Instant::now() < deadline
