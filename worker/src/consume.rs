@@ -21,7 +21,7 @@ use lapin::{
 use shared::{
     amqp::{Link, Session},
     envelope::{HeadersExt, header},
-    topology::WORK_QUEUE,
+    topology::{self, Topology, WORK_QUEUE},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -39,6 +39,9 @@ pub struct ConsumeOptions {
     /// Prefetch, and so the most deliveries in flight at once.
     pub concurrency: u16,
     pub publish_timeout: Duration,
+    /// Declared again before every subscription, so a work queue deleted under a running
+    /// worker (the broker then cancels the consumer) is recreated instead of waited for.
+    pub topology: Topology,
     /// How long in-flight deliveries get to finish after `shutdown`.
     pub shutdown_timeout: Duration,
 }
@@ -70,7 +73,7 @@ pub async fn consume(
             session = link.wait_ready(Duration::from_secs(1)) => session,
         };
         let Some(session) = session else { continue };
-        let (channel, consumer) = match subscribe(&session, options.concurrency).await {
+        let (channel, consumer) = match subscribe(&session, &options).await {
             Ok(subscribed) => subscribed,
             Err(error) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
@@ -108,11 +111,16 @@ pub async fn consume(
     }
 }
 
-/// Opens the consumer's own channel (acks travel on it), sets the prefetch, subscribes.
-async fn subscribe(session: &Session, concurrency: u16) -> lapin::Result<(Channel, Consumer)> {
+/// Opens the consumer's own channel (acks travel on it), declares the topology, sets the
+/// prefetch, subscribes.
+async fn subscribe(
+    session: &Session,
+    options: &ConsumeOptions,
+) -> lapin::Result<(Channel, Consumer)> {
     let channel = session.connection().create_channel().await?;
+    topology::declare(&channel, &options.topology).await?;
     channel
-        .basic_qos(concurrency, BasicQosOptions::default())
+        .basic_qos(options.concurrency, BasicQosOptions::default())
         .await?;
     let tag = format!("worker-{}-{}", std::process::id(), channel.id());
     let consumer = channel

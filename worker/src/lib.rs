@@ -61,7 +61,7 @@ pub async fn run(
     let (link, supervisor) = shared::amqp::supervise(
         args.broker.amqp_url.clone(),
         name,
-        topology,
+        topology.clone(),
         session_stop.clone(),
     );
 
@@ -89,6 +89,7 @@ pub async fn run(
     let options = ConsumeOptions {
         concurrency: args.concurrency,
         publish_timeout: args.broker.publish_timeout,
+        topology,
         shutdown_timeout: args.shutdown_timeout,
     };
     consume::consume(link, ctx, options, consuming, shutdown).await;
