@@ -4,3 +4,6 @@
 
 pub mod inventory;
 pub mod rabbit;
+pub mod fixtures;
+pub mod ingress_harness;
+pub mod wait;
