@@ -7,3 +7,4 @@ pub mod rabbit;
 pub mod fixtures;
 pub mod ingress_harness;
 pub mod wait;
+pub mod worker_harness;
