@@ -525,7 +525,7 @@ async fn survives_a_network_cut_to_the_broker() {
 }
 
 #[tokio::test]
-async fn survives_a_broker_restart_with_events_waiting_in_the_tiers() {
+async fn survives_a_private_broker_restart_with_events_waiting_in_the_tiers() {
     let broker = PrivateBroker::start().await.expect("private broker node");
     let inventory = DemoInventory::start(InventoryConfig::default().with_faults(Faults {
         down: true,
