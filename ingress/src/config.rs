@@ -86,6 +86,7 @@ pub struct CidrList(pub Vec<ipnet::IpNet>);
 impl IngressArgs {
     /// Checks what clap cannot: that some secret exists and that URLs are usable.
     pub fn validate(&self) -> Result<(), String> {
+        self.broker.validate()?;
         if self.webhook_secret.iter().all(|s| s.trim().is_empty()) && self.projects_file.is_none() {
             return Err("XSOLLA_WEBHOOK_SECRET (--webhook-secret) or XSOLLA_PROJECTS_FILE (--projects-file) must be set".into());
         }
@@ -101,6 +102,7 @@ impl IngressArgs {
         if self.user_search && self.user_check_url.is_none() {
             return Err("USER_SEARCH_ENABLED (--user-search) needs USER_CHECK_URL".into());
         }
+        crate::secrets::Secrets::load(&self.webhook_secret, self.projects_file.as_deref())?;
         Ok(())
     }
 }

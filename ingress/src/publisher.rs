@@ -64,12 +64,23 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), NotDurable> {
-        let _permit = self
+        let permit = self
             .permits
             .try_acquire()
             .map_err(|_| NotDurable::Overloaded)?;
-        let in_flight = self.max_in_flight - self.permits.available_permits();
-        metrics::gauge!("ingress_publishes_in_flight").set(in_flight as f64);
+        self.report_in_flight();
+        let result = self.publish_now(routing_key, body, properties).await;
+        drop(permit);
+        self.report_in_flight();
+        result.map_err(NotDurable::from)
+    }
+
+    async fn publish_now(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
         let session = self.link.current().ok_or(PublishError::NotConnected)?;
         let started = Instant::now();
         let result = publish_confirmed(
@@ -93,6 +104,11 @@ impl Publisher {
         ) {
             self.link.report_error();
         }
-        result.map_err(NotDurable::from)
+        result
+    }
+
+    fn report_in_flight(&self) {
+        let in_flight = self.max_in_flight - self.permits.available_permits();
+        metrics::gauge!("ingress_publishes_in_flight").set(in_flight as f64);
     }
 }

@@ -11,8 +11,14 @@ use crate::{
 /// Broker and topology options; both binaries declare the same topology from these.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`).
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = parse_amqp_url)]
+    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`). Checked by [`BrokerArgs::validate`]
+    /// rather than a clap parser, because clap would echo a bad value, password included.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     pub amqp_url: String,
 
     /// Delay tiers for retries, comma-separated durations (`10s,1m,10m,1h`). One quorum queue
@@ -35,6 +41,13 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
+    /// Checks what the clap parsers leave out; the error names the option.
+    pub fn validate(&self) -> Result<(), String> {
+        parse_amqp_url(&self.amqp_url)
+            .map(drop)
+            .map_err(|e| format!("AMQP_URL (--amqp-url): {e}"))
+    }
+
     pub fn topology(&self) -> Topology {
         Topology {
             retry_delays: self.retry_delays.0.clone(),

@@ -7,4 +7,6 @@ pub mod rabbit;
 pub mod fixtures;
 pub mod ingress_harness;
 pub mod wait;
+pub mod bins;
+pub use bins::bin_path;
 pub mod worker_harness;

@@ -554,3 +554,128 @@ async fn stops_gracefully_when_asked() {
     );
     drop(vhost);
 }
+
+/// Under a memory alarm RabbitMQ blocks publishing connections: confirms stop coming. The
+/// ingress must then answer 503 when its confirm deadline passes, and 503 at once to
+/// requests beyond its in-flight bound, and 204 again once the alarm clears.
+#[tokio::test]
+async fn private_broker_blocked_publishes_time_out_and_overflow_answers_503() {
+    let broker = tests::rabbit::PrivateBroker::start()
+        .await
+        .expect("private broker");
+    let ingress = RunningIngress::start(
+        &broker.amqp_url(),
+        &[
+            "--webhook-secret",
+            SECRET,
+            "--publish-timeout",
+            "1s",
+            "--max-in-flight",
+            "1",
+        ],
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let post = |order: i64| {
+        let body = fixtures::with("order_paid_combined", &[("/order/id", json!(order))]);
+        http.post(ingress.url("/webhooks/xsolla"))
+            .header("authorization", authorization(&body, SECRET))
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(1).await.unwrap().status(), StatusCode::NO_CONTENT);
+
+    broker
+        .ctl(&["set_vm_memory_high_watermark", "0"])
+        .await
+        .unwrap();
+    let stalled = tokio::spawn(post(2));
+    // While order 2 waits for its confirm, the single in-flight slot is taken.
+    tests::wait::until(Duration::from_secs(10), "publish in flight", || async {
+        let metrics = reqwest::get(ingress.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .any(|l| l == "ingress_publishes_in_flight 1")
+    })
+    .await
+    .unwrap();
+    let overflow = post(3).await.unwrap();
+    assert_eq!(error_code(overflow).await, (503, "SERVER_ERROR".into()));
+    let timed_out = stalled.await.unwrap().unwrap();
+    assert!(timed_out.headers().contains_key("retry-after"));
+    assert_eq!(error_code(timed_out).await, (503, "SERVER_ERROR".into()));
+    let metrics = reqwest::get(ingress.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "ingress_publishes_in_flight 0"),
+        "{metrics}"
+    );
+
+    broker
+        .ctl(&["set_vm_memory_high_watermark", "0.4"])
+        .await
+        .unwrap();
+    tests::wait::until(
+        Duration::from_secs(20),
+        "204 after the alarm clears",
+        || async { matches!(post(4).await, Ok(r) if r.status() == StatusCode::NO_CONTENT) },
+    )
+    .await
+    .unwrap();
+}
+
+/// The real binary with a bad option stops at once, exit 2, and names the option.
+#[tokio::test]
+async fn bad_configuration_stops_start_up_naming_the_option() {
+    let binary = tests::bin_path("ingress");
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "XSOLLA_WEBHOOK_SECRET"),
+        (&[("MAX_BODY_BYTES", "abc")], "--max-body-bytes"),
+        (&[("XSOLLA_IP_ALLOWLIST", "10.0.0.0/33")], "10.0.0.0/33"),
+        (&[("AMQP_URL", "http://guest:hunter2@x")], "--amqp-url"),
+        (&[("RETRY_DELAYS", "10s,ten")], "--retry-delays"),
+        (&[("USER_CHECK_URL", "http://game/users")], "USER_CHECK_URL"),
+        (
+            &[("XSOLLA_PROJECTS_FILE", "/nonexistent/projects.json")],
+            "XSOLLA_PROJECTS_FILE",
+        ),
+        (&[("INGRESS_LISTEN", "not-an-address")], "--listen"),
+    ];
+    for (env, expected) in cases {
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        if !env.is_empty() {
+            command.env("XSOLLA_WEBHOOK_SECRET", "s");
+        }
+        command.envs(env.iter().copied());
+        let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+            .await
+            .expect("exits promptly")
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+        let first = stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        assert!(
+            first.contains(expected),
+            "{env:?}: first line {first:?} should name {expected}"
+        );
+        assert!(!stderr.contains("hunter2"), "a password leaked: {stderr}");
+    }
+}
