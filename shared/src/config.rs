@@ -11,8 +11,9 @@ use crate::{
 /// Broker and topology options; both binaries declare the same topology from these.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`). Checked by [`BrokerArgs::validate`]
-    /// rather than a clap parser, because clap would echo a bad value, password included.
+    // Checked by `BrokerArgs::validate` rather than a clap parser: clap would echo a bad
+    // value, password included.
+    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`).
     #[arg(
         long,
         env = "AMQP_URL",
