@@ -117,6 +117,10 @@ fn redacted(url: &reqwest::Url) -> reqwest::Url {
 /// A bad option is one line naming it and exit code 2.
 pub async fn run_main(args: WorkerArgs) -> ExitCode {
     shared::telemetry::init_tracing(args.broker.log_format);
+    if let Err(problem) = args.broker.validate() {
+        eprintln!("worker: bad configuration: {problem}");
+        return ExitCode::from(2);
+    }
     if let Err(problem) = args.require_inventory_url() {
         eprintln!("worker: {problem}");
         return ExitCode::from(2);
