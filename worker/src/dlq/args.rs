@@ -20,12 +20,13 @@ pub struct DlqArgs {
 /// before or after the subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DlqBrokerArgs {
-    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`).
+    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`). Checked by [`DlqBrokerArgs::validate`],
+    /// not by a clap parser, which would echo a bad value, password included.
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        value_parser = parse_amqp_url,
+        hide_env_values = true,
         global = true
     )]
     pub amqp_url: String,
@@ -33,6 +34,15 @@ pub struct DlqBrokerArgs {
     /// Deadline for each broker operation: connecting, each read, each publisher confirm.
     #[arg(long, env = "DLQ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+}
+
+impl DlqBrokerArgs {
+    /// Checks the URL; the error names the option and hides the password.
+    pub fn validate(&self) -> Result<(), String> {
+        parse_amqp_url(&self.amqp_url)
+            .map(drop)
+            .map_err(|e| format!("AMQP_URL (--amqp-url): {e}"))
+    }
 }
 
 /// The operations.

@@ -81,6 +81,10 @@ impl Selection {
 
 /// Runs one `worker dlq` command; the exit code is one of [`exit`].
 pub async fn main(args: DlqArgs) -> ExitCode {
+    if let Err(problem) = args.broker.validate() {
+        eprintln!("worker dlq: {problem}");
+        return ExitCode::from(exit::USAGE);
+    }
     if let DlqCommand::Purge(purge) = &args.command
         && !purge.yes
     {
