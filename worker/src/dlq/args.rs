@@ -20,8 +20,9 @@ pub struct DlqArgs {
 /// before or after the subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DlqBrokerArgs {
-    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`). Checked by [`DlqBrokerArgs::validate`],
-    /// not by a clap parser, which would echo a bad value, password included.
+    // Checked by `DlqBrokerArgs::validate`, not by a clap parser, which would echo a bad
+    // value, password included.
+    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`).
     #[arg(
         long,
         env = "AMQP_URL",
