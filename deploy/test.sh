@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs all tests: the README's one test command, and what CI runs after fmt and clippy.
+#
+#   deploy/test.sh                 doc tests, then every test with nextest's `ci` profile
+#   deploy/test.sh <nextest args>  only nextest, with these extra args (e.g. a filter)
+#
+# The tests need RabbitMQ on 127.0.0.1:5672 (guest/guest); it is started, or installed
+# from Debian's packages, when missing. Tests that stop a broker boot private nodes of
+# their own (tests/src/rabbit.rs), so this shared one is never stopped.
+set -euo pipefail
+# shellcheck source=deploy/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$(repo_root)"
+
+ensure_tools
+ensure_rabbitmq
+
+if [ "$#" -eq 0 ]; then
+	# Doc examples are compiled (most are no_run); ~10 s on top of the nextest build,
+	# which it reuses. Run first so that nextest's summary is the run's closing line.
+	info "doc tests"
+	cargo test --workspace --doc --quiet
+fi
+
+info "tests (cargo nextest, profile ci)"
+cargo nextest run --workspace --profile ci "$@"

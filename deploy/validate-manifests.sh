@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Offline checks of the deployment files (no cluster, no Docker engine, no downloads):
+#   * deploy/k8s/*.yaml: parse, required fields, and the cross-references that a typo
+#     breaks silently (selectors vs pod labels, probe/Service ports, envFrom targets, the
+#     kustomization's resource list);
+#   * deploy/docker-compose.yml: parse and references (plus `docker compose config` when a
+#     compose plugin is installed, and the typed Compose spec when PyPI's compose-spec is);
+#   * deploy/rabbitmq/rabbitmq.conf: `key = value` syntax;
+#   * shell scripts: `bash -n`, and shellcheck when installed.
+# Needs python3 with PyYAML for the YAML checks; without it they are skipped (said so).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "==> shell scripts"
+for f in deploy/*.sh .ci/run; do bash -n "$f"; done
+if command -v shellcheck >/dev/null 2>&1; then
+	shellcheck -x deploy/*.sh .ci/run
+else
+	echo "    (shellcheck not installed: syntax checked only)"
+fi
+
+echo "==> rabbitmq.conf"
+if grep -nvE '^[[:space:]]*(#.*)?$|^[a-z0-9_.]+[[:space:]]*=[[:space:]]*[^[:space:]].*$' deploy/rabbitmq/rabbitmq.conf; then
+	echo "error: lines above are not 'key = value' or comments" >&2
+	exit 1
+fi
+
+if docker compose version >/dev/null 2>&1; then
+	echo "==> docker compose config"
+	docker compose -f deploy/docker-compose.yml config -q
+fi
+# The Compose specification as Rust types (PyPI `compose-spec`, the compose_spec crate):
+# catches wrong value types and unknown enum values. Used only when already installed.
+if python3 -c 'import compose_spec' 2>/dev/null; then
+	echo "==> docker-compose.yml against the Compose specification"
+	python3 -c 'from compose_spec import compose_spec as c
+c.PyOptions(apply_merge=True).from_yaml(open("deploy/docker-compose.yml").read()).validate()'
+fi
+
+if ! python3 -c 'import yaml' 2>/dev/null; then
+	echo "==> YAML checks skipped: python3 has no yaml module (pip install pyyaml)"
+	exit 0
+fi
+
+echo "==> Kubernetes manifests and docker-compose.yml"
+python3 - <<'PY'
+import glob, os, sys
+import yaml
+
+errors = []
+def err(where, msg):
+    errors.append(f"{where}: {msg}")
+
+# ---- Kubernetes ------------------------------------------------------------------
+docs = []  # (file, doc)
+for path in sorted(glob.glob("deploy/k8s/*.yaml")):
+    with open(path) as f:
+        for doc in yaml.safe_load_all(f):
+            if doc is not None:
+                docs.append((path, doc))
+
+objs = {}  # (kind, name) -> (file, doc)
+kustomization = None
+for path, d in docs:
+    if not isinstance(d, dict):
+        err(path, "document is not a mapping"); continue
+    for field in ("apiVersion", "kind"):
+        if not d.get(field):
+            err(path, f"missing {field}")
+    if d.get("kind") == "Kustomization":
+        kustomization = (path, d); continue
+    meta = d.get("metadata") or {}
+    name = meta.get("name")
+    if not name:
+        err(path, f"{d.get('kind')} without metadata.name"); continue
+    if "namespace" in meta:
+        err(path, f"{name}: manifests are namespace-less; drop metadata.namespace")
+    key = (d["kind"], name)
+    if key in objs:
+        err(path, f"duplicate {key}")
+    objs[key] = (path, d)
+
+def matches(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+deployments = {n: d for (k, n), (_, d) in objs.items() if k == "Deployment"}
+pod_labels = {}
+for name, d in deployments.items():
+    where = f"Deployment/{name}"
+    spec = d.get("spec") or {}
+    tmpl = spec.get("template") or {}
+    labels = (tmpl.get("metadata") or {}).get("labels") or {}
+    pod_labels[name] = labels
+    if not matches((spec.get("selector") or {}).get("matchLabels"), labels):
+        err(where, "spec.selector.matchLabels does not match the pod template labels")
+    pspec = tmpl.get("spec") or {}
+    if "terminationGracePeriodSeconds" not in pspec:
+        err(where, "no terminationGracePeriodSeconds (graceful shutdown needs one)")
+    containers = pspec.get("containers") or []
+    if not containers:
+        err(where, "no containers")
+    for c in containers:
+        cw = f"{where}/{c.get('name')}"
+        for field in ("name", "image"):
+            if not c.get(field):
+                err(cw, f"container without {field}")
+        ports = {p.get("name") for p in c.get("ports") or []} | {p.get("containerPort") for p in c.get("ports") or []}
+        for probe in ("readinessProbe", "livenessProbe"):
+            get = (c.get(probe) or {}).get("httpGet")
+            if not get:
+                err(cw, f"no {probe}.httpGet"); continue
+            if get.get("port") not in ports:
+                err(cw, f"{probe} port {get.get('port')!r} is not a container port")
+        for ref in c.get("envFrom") or []:
+            for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                if field in ref and (kind, ref[field].get("name")) not in objs:
+                    err(cw, f"envFrom {kind} {ref[field].get('name')!r} is not defined")
+
+for (kind, name), (path, d) in objs.items():
+    if kind == "Service":
+        sel = (d.get("spec") or {}).get("selector")
+        targets = [n for n, l in pod_labels.items() if matches(sel, l)]
+        if not targets:
+            err(f"Service/{name}", "selector matches no Deployment's pods")
+        for t in targets:
+            names = {p.get("name") for c in deployments[t]["spec"]["template"]["spec"]["containers"] for p in c.get("ports") or []}
+            for p in d["spec"].get("ports") or []:
+                tp = p.get("targetPort")
+                if isinstance(tp, str) and tp not in names:
+                    err(f"Service/{name}", f"targetPort {tp!r} is not a port of {t}")
+    if kind == "PodDisruptionBudget":
+        sel = ((d.get("spec") or {}).get("selector") or {}).get("matchLabels")
+        if not any(matches(sel, l) for l in pod_labels.values()):
+            err(f"PodDisruptionBudget/{name}", "selector matches no Deployment's pods")
+
+# What the product needs (DESIGN.md: probes, two workers, secrets).
+ing = deployments.get("xsolla-ingress")
+wrk = deployments.get("xsolla-worker")
+if not ing or not wrk:
+    err("deploy/k8s", "expected Deployments xsolla-ingress and xsolla-worker")
+else:
+    c = ing["spec"]["template"]["spec"]["containers"][0]
+    if (c.get("readinessProbe") or {}).get("httpGet", {}).get("path") != "/readyz":
+        err("Deployment/xsolla-ingress", "readinessProbe must be GET /readyz")
+    if (c.get("livenessProbe") or {}).get("httpGet", {}).get("path") != "/healthz":
+        err("Deployment/xsolla-ingress", "livenessProbe must be GET /healthz")
+    if (wrk["spec"].get("replicas") or 1) < 2:
+        err("Deployment/xsolla-worker", "run at least 2 replicas")
+secret = objs.get(("Secret", "xsolla-bridge"))
+if secret:
+    data = {**(secret[1].get("stringData") or {}), **(secret[1].get("data") or {})}
+    for k in ("XSOLLA_WEBHOOK_SECRET", "INVENTORY_TOKEN"):
+        if k not in data:
+            err("Secret/xsolla-bridge", f"missing {k}")
+else:
+    err("deploy/k8s", "expected Secret xsolla-bridge")
+
+if kustomization:
+    path, k = kustomization
+    listed = set(k.get("resources") or [])
+    present = {os.path.basename(p) for p in glob.glob("deploy/k8s/*.yaml")} - {os.path.basename(path)}
+    for missing in sorted(present - listed):
+        err(path, f"{missing} is not listed in resources")
+    for extra in sorted(listed - present):
+        err(path, f"resource {extra} does not exist")
+
+# ---- docker-compose --------------------------------------------------------------
+cpath = "deploy/docker-compose.yml"
+with open(cpath) as f:
+    compose = yaml.safe_load(f)
+services = compose.get("services") or {}
+volumes = set((compose.get("volumes") or {}).keys())
+for name, s in services.items():
+    where = f"{cpath}: service {name}"
+    if not (s.get("image") or s.get("build")):
+        err(where, "neither image nor build")
+    build = s.get("build")
+    if isinstance(build, dict):
+        ctx = os.path.normpath(os.path.join("deploy", build.get("context", ".")))
+        if not os.path.isfile(os.path.join(ctx, build.get("dockerfile", "Dockerfile"))):
+            err(where, f"Dockerfile {build.get('dockerfile')} not found in context {ctx}")
+    deps = s.get("depends_on") or {}
+    for dep in (deps if isinstance(deps, (list, dict)) else []):
+        if dep not in services:
+            err(where, f"depends_on unknown service {dep}")
+    for v in s.get("volumes") or []:
+        src = v.split(":")[0] if isinstance(v, str) else v.get("source")
+        if src.startswith((".", "/")):
+            if not os.path.exists(os.path.join("deploy", src)):
+                err(where, f"bind mount source {src} does not exist")
+        elif src not in volumes:
+            err(where, f"named volume {src} is not declared")
+    env = s.get("environment") or {}
+    if isinstance(env, dict):
+        for k, val in env.items():
+            if val is None:
+                err(where, f"environment {k} has no value")
+for needed in ("rabbitmq", "ingress", "worker", "demo-inventory"):
+    if needed not in services:
+        err(cpath, f"missing service {needed}")
+if "healthcheck" not in services.get("rabbitmq", {}):
+    err(cpath, "rabbitmq needs a healthcheck (the others wait for it)")
+if ((services.get("worker") or {}).get("deploy") or {}).get("replicas", 1) < 2:
+    err(cpath, "worker: deploy.replicas should be 2")
+
+for e in errors:
+    print("error:", e, file=sys.stderr)
+print(f"    {len(docs)} Kubernetes documents, {len(services)} compose services checked")
+sys.exit(1 if errors else 0)
+PY
+echo "==> manifests OK"
