@@ -37,6 +37,12 @@ pub const RETRY_QUEUE_PREFIX: &str = "xsolla.fulfillment.retry.";
 /// makes re-declaration fail (`PRECONDITION_FAILED`).
 pub const WORK_QUEUE_DELIVERY_LIMIT: i64 = 20;
 
+/// Handouts of one DLQ message before the broker would drop it. `worker dlq list` reads by
+/// taking and returning every message, and each return counts as a delivery; RabbitMQ 4.x
+/// gives quorum queues a default limit of 20 and *drops* a message past it (the DLQ has no
+/// dead-letter target), so the DLQ states a limit no operator will ever reach.
+pub const DLQ_DELIVERY_LIMIT: i64 = 1_000_000;
+
 /// What to declare besides the fixed parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -129,8 +135,12 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         .exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, exchange_args)
         .await?;
 
+    let dlq_args = quorum_args(&[(
+        "x-delivery-limit",
+        AMQPValue::LongLongInt(DLQ_DELIVERY_LIMIT),
+    )]);
     channel
-        .queue_declare(DLQ.into(), durable_queue, quorum_args(&[]))
+        .queue_declare(DLQ.into(), durable_queue, dlq_args)
         .await?;
     let mut work_args = dead_letter_to(DLQ).to_vec();
     work_args.push((

@@ -125,7 +125,6 @@ async fn run(conn: &DlqConnection, args: &DlqArgs) -> Result<u8, DlqError> {
             } else {
                 print!("{}", render::listing_text(&listing));
             }
-            warn_about_redeliveries(&listing);
             Ok(exit::OK)
         }
         DlqCommand::Show(a) => {
@@ -238,23 +237,6 @@ fn report_unknown(unknown: &[String], verb: &str, partial: bool) -> u8 {
         return exit::PARTIAL;
     }
     if partial { exit::PARTIAL } else { exit::OK }
-}
-
-/// RabbitMQ 4.0–4.2 quorum queues drop a message handed out 20 times (their default
-/// `delivery-limit`) and every `worker dlq` pass hands each message out once.
-fn warn_about_redeliveries(listing: &Listing) {
-    if let Some(worst) = listing
-        .messages
-        .iter()
-        .filter_map(|m| m.delivery_count)
-        .max()
-        && worst >= 10
-    {
-        eprintln!(
-            "worker dlq: some messages have been handed out {worst} times by the DLQ; on RabbitMQ 4.0–4.2 \
-             a quorum queue drops a message after 20 unless its delivery-limit is lifted (see the ops guide)"
-        );
-    }
 }
 
 fn print_json(value: &serde_json::Value) {
