@@ -1,6 +1,6 @@
 //! Output of `worker dlq`: aligned text for people, one JSON document for `jq`.
 //!
-//! JSON field names are part of the CLI's contract (documented in `OPS.md`): fields are
+//! JSON field names are part of the CLI's contract (documented in the README's ops guide): fields are
 //! always present, `null` when unknown, and new fields may be added but none renamed.
 
 use lapin::{BasicProperties, types::AMQPValue};
