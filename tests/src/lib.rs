@@ -2,11 +2,12 @@
 //! helpers (a vhost per test, a private broker node for tests that stop it), signed
 //! Xsolla fixtures and the `xsolla-sim` sender.
 
-pub mod inventory;
-pub mod rabbit;
+pub mod bins;
 pub mod fixtures;
 pub mod ingress_harness;
+pub mod inventory;
+pub mod rabbit;
 pub mod wait;
-pub mod bins;
 pub use bins::bin_path;
+pub mod sim;
 pub mod worker_harness;

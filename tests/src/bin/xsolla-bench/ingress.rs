@@ -1,0 +1,224 @@
+//! `xsolla-bench ingress`: the ingress binary next to a plain confirmed publisher, in the
+//! same run, on the same broker, into the same queue, at the same concurrency.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use serde::Serialize;
+use shared::topology::{self, Topology, WORK_QUEUE};
+use tests::sim::{
+    self, Ids, Kind, LoadPlan, LoadReport, Overrides, Policy, Sender, Template, vhost,
+};
+
+use crate::{
+    baseline::{self, PublishRun, Until},
+    proc::{
+        CpuPerItem, CpuSample, Memory, Service, amqp_port, free_addr, listener_pid, sibling_binary,
+    },
+};
+
+const SECRET: &str = "xsolla-bench-secret";
+/// Unmeasured lead-in of each phase: connections opened, pools filled, caches warm.
+const WARM_UP: Duration = Duration::from_secs(1);
+
+/// Options of `xsolla-bench ingress`.
+#[derive(Debug, clap::Args)]
+pub struct IngressBench {
+    /// The ingress binary to measure.
+    #[arg(long, default_value_os_t = sibling_binary("ingress"))]
+    ingress_bin: PathBuf,
+}
+
+/// Everything measured.
+#[derive(Debug, Serialize)]
+pub struct IngressResult {
+    pub concurrency: usize,
+    pub duration_s: f64,
+    pub baseline: PublishRun,
+    pub ingress: LoadReport,
+    pub half_rate: LoadReport,
+    pub ingress_memory: Memory,
+    /// CPU per confirmed publish in the baseline phase (the machine has 2 cores in all).
+    pub baseline_cpu: CpuPerItem,
+    /// CPU per acknowledged webhook at full load.
+    pub ingress_cpu: CpuPerItem,
+    pub ratios: Ratios,
+    pub targets: Targets,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ratios {
+    /// Ingress acknowledged/s ÷ baseline confirmed/s.
+    pub throughput: f64,
+    /// Ingress p50 ÷ baseline p50 at full load.
+    pub p50: f64,
+    pub p99: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Targets {
+    /// ≥ 80 % of the baseline's throughput.
+    pub throughput_met: bool,
+    /// p99 < 25 ms at half the ingress's maximum rate.
+    pub half_rate_p99_met: bool,
+    /// Peak RSS < 50 MiB.
+    pub rss_met: bool,
+}
+
+impl IngressBench {
+    pub async fn run(
+        &self,
+        amqp_url: &str,
+        concurrency: usize,
+        duration: Duration,
+    ) -> anyhow::Result<IngressResult> {
+        let mut vhost = vhost::Vhost::create(amqp_url, "xsolla-bench").await?;
+        let result = self.phases(vhost.url(), concurrency, duration).await;
+        vhost.delete().await;
+        result
+    }
+
+    async fn phases(
+        &self,
+        url: &str,
+        concurrency: usize,
+        duration: Duration,
+    ) -> anyhow::Result<IngressResult> {
+        declare(url).await?;
+        let broker = listener_pid(amqp_port(url)).await;
+        let template = Template::new(Kind::OrderPaid, &Overrides::default())?;
+        let ids = Arc::new(Ids::new(sim::new_run_id()));
+
+        eprintln!("[1/3] baseline: lapin confirmed publisher, {concurrency} tasks, {duration:?}");
+        baseline::publish(
+            url,
+            &template,
+            SECRET,
+            ids.clone(),
+            concurrency,
+            Until::Elapsed(WARM_UP),
+        )
+        .await?;
+        let before = CpuSample::take(broker.as_deref(), None);
+        let baseline = baseline::publish(
+            url,
+            &template,
+            SECRET,
+            ids.clone(),
+            concurrency,
+            Until::Elapsed(duration),
+        )
+        .await?;
+        let baseline_cpu = before.per_item_us(
+            &CpuSample::take(broker.as_deref(), None),
+            baseline.published,
+        );
+        vhost::purge(url, WORK_QUEUE).await?;
+
+        let listen = free_addr()?;
+        let env = [
+            ("INGRESS_LISTEN", listen.clone()),
+            ("XSOLLA_WEBHOOK_SECRET", SECRET.to_owned()),
+            ("AMQP_URL", url.to_owned()),
+        ];
+        let ingress = Service::start(
+            "ingress",
+            &self.ingress_bin,
+            &env,
+            &format!("http://{listen}/readyz"),
+        )
+        .await?;
+        let phase = Phase {
+            amqp_url: url,
+            broker: broker.as_deref(),
+            template: &template,
+            concurrency,
+            duration,
+        };
+        let measured = phase.against(&ingress, &listen).await;
+        let memory = ingress.memory();
+        ingress.stop().await;
+        let (full, half, ingress_cpu) = measured?;
+        let memory = memory?;
+        vhost::purge(url, WORK_QUEUE).await?;
+
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        Ok(IngressResult {
+            concurrency,
+            duration_s: duration.as_secs_f64(),
+            ratios: Ratios {
+                throughput: ratio(full.throughput, baseline.throughput),
+                p50: ratio(full.latency_ms.p50, baseline.latency_ms.p50),
+                p99: ratio(full.latency_ms.p99, baseline.latency_ms.p99),
+            },
+            targets: Targets {
+                throughput_met: full.throughput >= 0.8 * baseline.throughput,
+                half_rate_p99_met: half.acked > 0 && half.latency_ms.p99 < 25.0,
+                rss_met: memory.peak_rss_mib < 50.0,
+            },
+            baseline_cpu,
+            ingress_cpu,
+            baseline,
+            ingress: full,
+            half_rate: half,
+            ingress_memory: memory,
+        })
+    }
+}
+
+/// What the load phases share.
+struct Phase<'a> {
+    amqp_url: &'a str,
+    broker: Option<&'a str>,
+    template: &'a Template,
+    concurrency: usize,
+    duration: Duration,
+}
+
+impl Phase<'_> {
+    /// Phases 2 and 3 against the running ingress; also the CPU time spent in phase 2.
+    async fn against(
+        &self,
+        ingress: &Service,
+        listen: &str,
+    ) -> anyhow::Result<(LoadReport, LoadReport, CpuPerItem)> {
+        let Phase {
+            amqp_url,
+            broker,
+            template,
+            concurrency,
+            duration,
+        } = *self;
+        let sender = Sender::new(
+            &format!("http://{listen}/webhooks/xsolla"),
+            Policy::default(),
+            concurrency,
+            Duration::from_secs(10),
+        )?;
+        let plan = |rate: Option<f64>, duration| LoadPlan {
+            rate,
+            duration,
+            concurrency,
+            run_id: sim::new_run_id(),
+        };
+        eprintln!("[2/3] ingress: closed loop, {concurrency} concurrent senders, {duration:?}");
+        sim::load::run(&sender, template, SECRET, &plan(None, WARM_UP)).await;
+        let before = CpuSample::take(broker, Some(ingress));
+        let full = sim::load::run(&sender, template, SECRET, &plan(None, duration)).await;
+        let cpu = before.per_item_us(&CpuSample::take(broker, Some(ingress)), full.acked);
+        anyhow::ensure!(full.acked > 0, "the ingress acknowledged nothing:\n{full}");
+        vhost::purge(amqp_url, WORK_QUEUE).await?;
+        let rate = (full.throughput / 2.0).max(1.0);
+        eprintln!("[3/3] ingress at half its maximum: open loop at {rate:.0}/s, {duration:?}");
+        let half = sim::load::run(&sender, template, SECRET, &plan(Some(rate), duration)).await;
+        Ok((full, half, cpu))
+    }
+}
+
+/// The ingress declares the same topology at start; the baseline runs first, so it does.
+async fn declare(url: &str) -> anyhow::Result<()> {
+    let connection = shared::amqp::connect(url, "xsolla-bench topology").await?;
+    let channel = connection.create_channel().await?;
+    topology::declare(&channel, &Topology::default()).await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}

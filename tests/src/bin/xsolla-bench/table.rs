@@ -1,0 +1,151 @@
+//! Markdown tables of the results, ratios first, raw numbers beside them.
+
+use std::fmt::Write as _;
+
+use crate::{ingress::IngressResult, worker::WorkerResult};
+
+fn yes(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+pub fn ingress(r: &IngressResult) -> String {
+    let (b, i, h) = (&r.baseline, &r.ingress, &r.half_rate);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Ingress vs plain confirmed publisher ({} concurrent, {:.0} s per phase)\n",
+        r.concurrency, r.duration_s
+    );
+    let _ = writeln!(
+        s,
+        "| | baseline (lapin, confirms) | ingress (HTTP → confirmed publish) | ingress / baseline |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| throughput (acked/s) | {:.0} | {:.0} | {:.2} |",
+        b.throughput, i.throughput, r.ratios.throughput
+    );
+    let _ = writeln!(
+        s,
+        "| p50 latency (ms) | {:.2} | {:.2} | {:.2} |",
+        b.latency_ms.p50, i.latency_ms.p50, r.ratios.p50
+    );
+    let _ = writeln!(
+        s,
+        "| p99 latency (ms) | {:.2} | {:.2} | {:.2} |",
+        b.latency_ms.p99, i.latency_ms.p99, r.ratios.p99
+    );
+    let _ = writeln!(
+        s,
+        "| max latency (ms) | {:.2} | {:.2} | |",
+        b.latency_ms.max, i.latency_ms.max
+    );
+    let _ = writeln!(s, "| confirmed / acked | {} | {} | |", b.published, i.acked);
+    let _ = writeln!(
+        s,
+        "| failed / not acked | {} | {} | |",
+        b.failed,
+        i.sent - i.acked
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| target (issue 2) | measured | |");
+    let _ = writeln!(s, "|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| throughput ≥ 80 % of baseline | {:.0} % | {} |",
+        100.0 * r.ratios.throughput,
+        yes(r.targets.throughput_met)
+    );
+    let _ = writeln!(
+        s,
+        "| p99 < 25 ms at half the max rate ({:.0}/s open loop) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} of {} acked) | {} |",
+        h.target_rate.unwrap_or_default(),
+        h.latency_ms.p50,
+        h.latency_ms.p99,
+        h.latency_ms.max,
+        h.acked,
+        h.sent,
+        yes(r.targets.half_rate_p99_met)
+    );
+    let _ = writeln!(
+        s,
+        "| peak RSS < 50 MiB | {:.1} MiB (VmHWM) | {} |",
+        r.ingress_memory.peak_rss_mib,
+        yes(r.targets.rss_met)
+    );
+    let _ = writeln!(s);
+    let (bc, ic) = (&r.baseline_cpu, &r.ingress_cpu);
+    let _ = writeln!(
+        s,
+        "| CPU per message (µs, 2 cores in all) | broker | publisher / HTTP load generator | ingress | total |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    for (name, c) in [("baseline", bc), ("ingress, full load", ic)] {
+        let total = c.broker_us + c.load_generator_us + c.service_us;
+        let _ = writeln!(
+            s,
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            c.broker_us, c.load_generator_us, c.service_us, total
+        );
+    }
+    s
+}
+
+pub fn worker(r: &WorkerResult) -> String {
+    let raw = &r.raw_consume_ack;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Worker drain vs plain consume-and-ack ({} messages, prefetch/concurrency {})\n",
+        r.messages, r.worker_concurrency
+    );
+    let _ = writeln!(s, "| | messages/s | / raw | peak RSS (MiB) |");
+    let _ = writeln!(s, "|---|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "| raw consume-and-ack (lapin) | {:.0} | 1.00 | |",
+        raw.rate
+    );
+    for d in [&r.one_worker, &r.two_workers] {
+        let _ = writeln!(
+            s,
+            "| {} worker(s) → demo inventory (grants/s) | {:.0} | {:.2} | {:?} |",
+            d.workers,
+            d.run.rate,
+            d.ratio_to_raw,
+            rounded(&d.peak_rss_mib)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n### End to end: webhook → ingress → queue → worker → grant\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workers | webhooks acked/s (ingress) | grants/s | grants / raw consume | webhook p50 / p99 (ms) | send→grant p50 / p99 at half rate (ms) | ingress / worker peak RSS (MiB) |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---|---|---|");
+    for e in &r.end_to_end {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} ({} probes) | {:.1} / {:?} |",
+            e.workers,
+            e.load.throughput,
+            e.grants_per_s,
+            e.grants_per_s / raw.rate,
+            e.load.latency_ms.p50,
+            e.load.latency_ms.p99,
+            e.half_rate_latency_ms.p50,
+            e.half_rate_latency_ms.p99,
+            e.half_rate_latency_ms.count,
+            e.ingress_memory.peak_rss_mib,
+            rounded(&e.worker_peak_rss_mib)
+        );
+    }
+    s
+}
+
+fn rounded(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| (x * 10.0).round() / 10.0).collect()
+}

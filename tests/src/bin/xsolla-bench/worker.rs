@@ -1,0 +1,334 @@
+//! `xsolla-bench worker`: how fast the worker drains the work queue into a demo inventory
+//! that answers at once, with one and with two workers, next to a plain consume-and-ack
+//! loop on the same queue; and the whole pipeline (webhook in via the ingress → grant done).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use serde::Serialize;
+use shared::topology::{self, Topology, WORK_QUEUE};
+use tests::{
+    inventory::{DemoInventory, InventoryConfig, InventoryHandle},
+    sim::{
+        self, Ids, Kind, Latency, LoadPlan, LoadReport, Overrides, Policy, Sender, Template, vhost,
+    },
+};
+use tokio::time::Instant;
+
+use crate::{
+    baseline::{self, DrainRun, Until},
+    proc::{Memory, Service, free_addr, sibling_binary},
+};
+
+const SECRET: &str = "xsolla-bench-secret";
+
+/// Options of `xsolla-bench worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerBench {
+    /// The worker binary to measure.
+    #[arg(long, default_value_os_t = sibling_binary("worker"))]
+    worker_bin: PathBuf,
+    /// The ingress binary (end-to-end phases).
+    #[arg(long, default_value_os_t = sibling_binary("ingress"))]
+    ingress_bin: PathBuf,
+    /// Messages queued before each drain phase.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// WORKER_CONCURRENCY of each worker, also the raw consumer's prefetch.
+    #[arg(long, default_value_t = 16)]
+    worker_concurrency: u16,
+}
+
+/// Everything measured.
+#[derive(Debug, Serialize)]
+pub struct WorkerResult {
+    pub messages: u64,
+    pub worker_concurrency: u16,
+    /// Plain lapin consumer, prefetch = worker concurrency, acking at once.
+    pub raw_consume_ack: DrainRun,
+    pub one_worker: Drain,
+    pub two_workers: Drain,
+    pub end_to_end: Vec<EndToEnd>,
+}
+
+/// Workers draining a pre-filled queue into the inventory.
+#[derive(Debug, Serialize)]
+pub struct Drain {
+    pub workers: usize,
+    pub run: DrainRun,
+    /// Ratio to the raw consume-and-ack rate.
+    pub ratio_to_raw: f64,
+    pub peak_rss_mib: Vec<f64>,
+}
+
+/// Webhooks through the ingress at full load, and probe latency at half that rate.
+#[derive(Debug, Serialize)]
+pub struct EndToEnd {
+    pub workers: usize,
+    pub load: LoadReport,
+    /// Grants done per second, from the load's start to the last acknowledged webhook's grant.
+    pub grants_per_s: f64,
+    /// Webhook sent → grant applied, for probes sent during an open-loop run at half of
+    /// `grants_per_s`.
+    pub half_rate_latency_ms: Latency,
+    pub ingress_memory: Memory,
+    pub worker_peak_rss_mib: Vec<f64>,
+}
+
+impl WorkerBench {
+    pub async fn run(
+        &self,
+        amqp_url: &str,
+        concurrency: usize,
+        duration: Duration,
+    ) -> anyhow::Result<WorkerResult> {
+        let mut vhost = vhost::Vhost::create(amqp_url, "xsolla-bench").await?;
+        let inventory = DemoInventory::start(InventoryConfig::default()).await?;
+        let result = self
+            .phases(vhost.url(), &inventory, concurrency, duration)
+            .await;
+        let _ = inventory.shutdown().await;
+        vhost.delete().await;
+        result
+    }
+
+    async fn phases(
+        &self,
+        url: &str,
+        inventory: &InventoryHandle,
+        concurrency: usize,
+        duration: Duration,
+    ) -> anyhow::Result<WorkerResult> {
+        let connection = shared::amqp::connect(url, "xsolla-bench topology").await?;
+        topology::declare(&connection.create_channel().await?, &Topology::default()).await?;
+        let _ = connection.close(200, "done".into()).await;
+        let template = Template::new(Kind::OrderPaid, &Overrides::default())?;
+        let ids = Arc::new(Ids::new(sim::new_run_id()));
+        let n = self.messages;
+
+        eprintln!(
+            "[1/5] raw consume-and-ack of {n} messages, prefetch {}",
+            self.worker_concurrency
+        );
+        baseline::publish(url, &template, SECRET, ids.clone(), 64, Until::Count(n)).await?;
+        let raw = baseline::consume_and_ack(url, self.worker_concurrency, n).await?;
+
+        let mut drains = Vec::new();
+        for workers in [1, 2] {
+            eprintln!(
+                "[{}/5] {workers} worker(s) draining {n} queued order_paid",
+                workers + 1
+            );
+            inventory.reset();
+            baseline::publish(url, &template, SECRET, ids.clone(), 64, Until::Count(n)).await?;
+            // Timed from the spawn: start-up (~0.1 s) counts, like the raw consumer's connect.
+            let started = Instant::now();
+            let running = self.start_workers(url, inventory, workers).await?;
+            let done = inventory
+                .wait_for(|s| s.grants.len() as u64 >= n, Duration::from_secs(600))
+                .await;
+            let elapsed_s = started.elapsed().as_secs_f64();
+            let peak_rss_mib = peaks(&running);
+            stop_all(running).await;
+            done?;
+            let run = DrainRun {
+                messages: n,
+                elapsed_s,
+                rate: n as f64 / elapsed_s,
+            };
+            drains.push(Drain {
+                workers,
+                ratio_to_raw: run.rate / raw.rate,
+                run,
+                peak_rss_mib,
+            });
+        }
+        vhost::purge(url, WORK_QUEUE).await?;
+
+        let mut end_to_end = Vec::new();
+        for workers in [1, 2] {
+            eprintln!(
+                "[{}/5] end to end with {workers} worker(s): ingress load, {concurrency} senders, {duration:?}",
+                workers + 3
+            );
+            inventory.reset();
+            end_to_end.push(
+                self.end_to_end(url, inventory, workers, &template, concurrency, duration)
+                    .await?,
+            );
+        }
+        let mut drains = drains.into_iter();
+        Ok(WorkerResult {
+            messages: n,
+            worker_concurrency: self.worker_concurrency,
+            raw_consume_ack: raw,
+            one_worker: drains.next().expect("two drains"),
+            two_workers: drains.next().expect("two drains"),
+            end_to_end,
+        })
+    }
+
+    async fn start_workers(
+        &self,
+        url: &str,
+        inventory: &InventoryHandle,
+        count: usize,
+    ) -> anyhow::Result<Vec<Service>> {
+        let mut running = Vec::new();
+        for _ in 0..count {
+            let listen = free_addr()?;
+            let env = [
+                ("AMQP_URL", url.to_owned()),
+                ("INVENTORY_URL", inventory.url()),
+                ("WORKER_LISTEN", listen.clone()),
+                ("WORKER_CONCURRENCY", self.worker_concurrency.to_string()),
+            ];
+            match Service::start(
+                "worker",
+                &self.worker_bin,
+                &env,
+                &format!("http://{listen}/readyz"),
+            )
+            .await
+            {
+                Ok(s) => running.push(s),
+                Err(e) => {
+                    stop_all(running).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(running)
+    }
+
+    async fn end_to_end(
+        &self,
+        url: &str,
+        inventory: &InventoryHandle,
+        workers: usize,
+        template: &Template,
+        concurrency: usize,
+        duration: Duration,
+    ) -> anyhow::Result<EndToEnd> {
+        let listen = free_addr()?;
+        let env = [
+            ("INGRESS_LISTEN", listen.clone()),
+            ("XSOLLA_WEBHOOK_SECRET", SECRET.to_owned()),
+            ("AMQP_URL", url.to_owned()),
+        ];
+        let ingress = Service::start(
+            "ingress",
+            &self.ingress_bin,
+            &env,
+            &format!("http://{listen}/readyz"),
+        )
+        .await?;
+        let running = match self.start_workers(url, inventory, workers).await {
+            Ok(r) => r,
+            Err(e) => {
+                ingress.stop().await;
+                return Err(e);
+            }
+        };
+        let measured = pipeline(
+            &format!("http://{listen}/webhooks/xsolla"),
+            inventory,
+            template,
+            concurrency,
+            duration,
+        )
+        .await;
+        let ingress_memory = ingress.memory().unwrap_or_default();
+        let worker_peak_rss_mib = peaks(&running);
+        stop_all(running).await;
+        ingress.stop().await;
+        let (load, grants_per_s, half_rate_latency_ms) = measured?;
+        Ok(EndToEnd {
+            workers,
+            load,
+            grants_per_s,
+            half_rate_latency_ms,
+            ingress_memory,
+            worker_peak_rss_mib,
+        })
+    }
+}
+
+/// Full load, then half-rate load with latency probes.
+async fn pipeline(
+    webhook_url: &str,
+    inventory: &InventoryHandle,
+    template: &Template,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(LoadReport, f64, Latency)> {
+    let sender = Sender::new(
+        webhook_url,
+        Policy::default(),
+        concurrency,
+        Duration::from_secs(10),
+    )?;
+    let plan = |rate| LoadPlan {
+        rate,
+        duration,
+        concurrency,
+        run_id: sim::new_run_id(),
+    };
+    let started = Instant::now();
+    let load = sim::load::run(&sender, template, SECRET, &plan(None)).await;
+    let acked = load.acked as usize;
+    inventory
+        .wait_for(|s| s.grants.len() >= acked, Duration::from_secs(600))
+        .await?;
+    let grants_per_s = acked as f64 / started.elapsed().as_secs_f64();
+    inventory.reset();
+
+    // Probes: one webhook every 100 ms, timed from send to its grant in the inventory.
+    let half = plan(Some((grants_per_s / 2.0).max(1.0)));
+    let probes = async {
+        let probe_sender = Sender::new(webhook_url, Policy::default(), 1, Duration::from_secs(10))?;
+        let ids = Ids::new(sim::new_run_id());
+        let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            let webhook = template.signed(&ids.next(), SECRET);
+            let sent = Instant::now();
+            if probe_sender.deliver(&webhook).await.acknowledged() {
+                // Timed inside the condition: `wait_for` then clones the whole state,
+                // which must not count as pipeline latency.
+                let mut granted_at = None;
+                inventory
+                    .wait_for(
+                        |s| {
+                            let done = s.grants.contains_key(&webhook.id);
+                            if done && granted_at.is_none() {
+                                granted_at = Some(Instant::now());
+                            }
+                            done
+                        },
+                        Duration::from_secs(60),
+                    )
+                    .await?;
+                let took = granted_at.unwrap_or_else(Instant::now) - sent;
+                histogram
+                    .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+            }
+            tokio::time::sleep_until(sent + Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(Latency::from_histogram(&histogram))
+    };
+    let (_, latency) = tokio::join!(sim::load::run(&sender, template, SECRET, &half), probes);
+    Ok((load, grants_per_s, latency?))
+}
+
+fn peaks(services: &[Service]) -> Vec<f64> {
+    services
+        .iter()
+        .map(|s| s.memory().map(|m| m.peak_rss_mib).unwrap_or(0.0))
+        .collect()
+}
+
+async fn stop_all(services: Vec<Service>) {
+    for s in services {
+        s.stop().await;
+    }
+}

@@ -1,0 +1,195 @@
+//! `xsolla-sim` against real servers: the binary's retry behaviour against a scripted axum
+//! endpoint, and the load tool against a real in-process ingress and RabbitMQ.
+
+use std::{
+    collections::VecDeque,
+    process::Output,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
+use shared::{signature, topology::WORK_QUEUE};
+use tests::{
+    ingress_harness::RunningIngress,
+    sim::{self, Kind, LoadPlan, Overrides, Policy, Sender, Template, vhost},
+    wait,
+};
+use tokio::net::TcpListener;
+
+const SECRET: &str = "sim-test-secret";
+
+/// An endpoint that answers the scripted statuses in turn (the last one forever) and
+/// keeps whether each request's signature was valid.
+struct Scripted {
+    answers: Mutex<VecDeque<u16>>,
+    signed_ok: Mutex<Vec<bool>>,
+}
+
+async fn scripted(State(s): State<Arc<Scripted>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let valid = signature::verify(auth, &body, &[SECRET]).is_ok();
+    s.signed_ok.lock().unwrap().push(valid);
+    let mut answers = s.answers.lock().unwrap();
+    let status = if answers.len() > 1 {
+        answers.pop_front()
+    } else {
+        answers.front().copied()
+    };
+    StatusCode::from_u16(status.unwrap_or(204)).unwrap()
+}
+
+async fn serve(answers: &[u16]) -> (String, Arc<Scripted>) {
+    let state = Arc::new(Scripted {
+        answers: Mutex::new(answers.iter().copied().collect()),
+        signed_ok: Mutex::new(Vec::new()),
+    });
+    let app = Router::new()
+        .route("/webhooks/xsolla", post(scripted))
+        .with_state(state.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/xsolla", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, state)
+}
+
+/// Runs the real `xsolla-sim` binary.
+async fn xsolla_sim(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_xsolla-sim"))
+        .args(args)
+        .env("XSOLLA_WEBHOOK_SECRET", SECRET)
+        .output()
+        .await
+        .expect("xsolla-sim runs")
+}
+
+fn report(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test]
+async fn send_with_retry_resends_after_503s_until_acknowledged() {
+    let (url, endpoint) = serve(&[503, 503, 204]).await;
+    // 0.0001: the 5-minute waits become 30 ms.
+    let out = xsolla_sim(&[
+        "send",
+        "order_paid",
+        "--url",
+        &url,
+        "--retry",
+        "--time-scale",
+        "0.0001",
+        "--order-id",
+        "7",
+        "--json",
+    ])
+    .await;
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(r["acknowledged"], true);
+    assert_eq!(r["final_status"], 204);
+    assert_eq!(r["delivery"]["attempts"].as_array().unwrap().len(), 3);
+    let second_at = r["delivery"]["attempts"][1]["at"].as_f64().unwrap();
+    assert!(
+        second_at >= 30.0,
+        "waited the scaled 5 min before re-sending: {second_at} ms"
+    );
+    assert_eq!(*endpoint.signed_ok.lock().unwrap(), [true, true, true]);
+}
+
+#[tokio::test]
+async fn send_stops_at_once_on_a_no_retry_400() {
+    let (url, endpoint) = serve(&[400]).await;
+    let out = xsolla_sim(&[
+        "send",
+        "order_paid",
+        "--url",
+        &url,
+        "--retry",
+        "--time-scale",
+        "0.0001",
+        "--json",
+    ])
+    .await;
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1), "refused exits 1: {r}");
+    assert_eq!(r["acknowledged"], false);
+    assert_eq!(r["delivery"]["outcome"], "refused");
+    assert_eq!(r["delivery"]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(endpoint.signed_ok.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn send_without_retry_gives_up_on_503_with_exit_3() {
+    let (url, _endpoint) = serve(&[503]).await;
+    let out = xsolla_sim(&["send", "payment", "--url", &url, "--json"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", report(&out));
+}
+
+#[tokio::test]
+async fn bad_usage_exits_2() {
+    let out = xsolla_sim(&[
+        "send",
+        "user_validation",
+        "--sku",
+        "x",
+        "--url",
+        "http://127.0.0.1:9/",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sku does not apply"));
+}
+
+#[tokio::test]
+async fn load_through_the_ingress_lands_every_acknowledged_webhook_in_the_work_queue() {
+    let mut vhost = vhost::Vhost::create("amqp://guest:guest@127.0.0.1:5672", "sim-test")
+        .await
+        .unwrap();
+    let ingress = RunningIngress::start(vhost.url(), &["--webhook-secret", SECRET])
+        .await
+        .unwrap();
+    let sender = Sender::new(
+        &ingress.url("/webhooks/xsolla"),
+        Policy::default(),
+        8,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let template = Template::new(Kind::OrderPaid, &Overrides::default()).unwrap();
+    let plan = LoadPlan {
+        rate: Some(200.0),
+        duration: Duration::from_millis(500),
+        concurrency: 8,
+        run_id: sim::new_run_id(),
+    };
+    let report = sim::load::run(&sender, &template, SECRET, &plan).await;
+    assert_eq!(report.sent, 100, "{report}");
+    assert_eq!(report.acked, report.sent, "{report}");
+    assert_eq!(report.latency_ms.count, report.acked);
+    let expected = u32::try_from(report.acked).unwrap();
+    let url = vhost.url().to_owned();
+    wait::until(
+        Duration::from_secs(10),
+        "every acknowledged webhook in the work queue",
+        || {
+            let url = url.clone();
+            async move { vhost::queue_depth(&url, WORK_QUEUE).await.unwrap_or(0) >= expected }
+        },
+    )
+    .await
+    .unwrap();
+    let depth = vhost::queue_depth(&url, WORK_QUEUE).await.unwrap();
+    assert_eq!(
+        depth, expected,
+        "exactly one message per acknowledged webhook"
+    );
+    ingress.stop().await.unwrap();
+    vhost.delete().await;
+}
