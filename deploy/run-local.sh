@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Runs the whole product on this machine: the README's "run everything" command.
+#
+#   deploy/run-local.sh         (re)start: RabbitMQ check, release build, demo inventory,
+#                               ingress, two workers; then one signed order_paid through it
+#   deploy/run-local.sh stop    stop what the last run started
+#
+# Processes run in the background; logs and pid files are in .run/ at the repo root.
+set -euo pipefail
+# shellcheck source=deploy/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$(repo_root)"
+RUN="$ROOT/.run"
+BIN="$ROOT/target/release"
+SECRET=local-demo-secret
+INGRESS=http://127.0.0.1:8080
+INVENTORY=http://127.0.0.1:8090
+
+# True if pid file $1 names a live process running one of our binaries (a stale file may
+# name a pid the system has since given to something else: never signal that).
+ours() {
+	local pid
+	pid="$(cat "$1" 2>/dev/null)" || return 1
+	[ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] &&
+		tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "$BIN/"
+}
+
+stop_all() {
+	local f pid pids=()
+	for f in "$RUN"/*.pid; do
+		[ -e "$f" ] || continue
+		if ours "$f"; then
+			pid="$(cat "$f")"
+			kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+		fi
+		rm -f "$f"
+	done
+	[ "${#pids[@]}" -gt 0 ] || return 0
+	info "stopping ${#pids[@]} process(es): ${pids[*]} (SIGTERM, graceful)"
+	# Each binary finishes in-flight work within SHUTDOWN_TIMEOUT (30 s by default).
+	local deadline=$((SECONDS + 40))
+	for pid in "${pids[@]}"; do
+		while kill -0 "$pid" 2>/dev/null; do
+			if [ "$SECONDS" -ge "$deadline" ]; then
+				info "pid $pid still running after 40 s: SIGKILL"
+				kill -KILL "$pid" 2>/dev/null || true
+				break
+			fi
+			sleep 0.2
+		done
+	done
+}
+
+# start NAME BINARY [VAR=value...]: runs target/release/BINARY in its own session (so
+# ctrl-c here or closing the terminal does not kill it), output to .run/NAME.log.
+# Returns 1 (and starts nothing) when that binary was not built.
+start() {
+	local name="$1" bin="$2"
+	shift 2
+	if [ ! -x "$BIN/$bin" ]; then
+		info "skipping $name: $BIN/$bin was not built"
+		return 1
+	fi
+	setsid env "$@" "$BIN/$bin" >"$RUN/$name.log" 2>&1 </dev/null &
+	echo $! >"$RUN/$name.pid"
+	info "started $name (pid $!)"
+}
+
+# wait_http NAME URL: until URL answers 2xx (30 s), or NAME's process died.
+wait_http() {
+	local name="$1" url="$2" deadline=$((SECONDS + 30))
+	until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+		if ! ours "$RUN/$name.pid"; then
+			tail -n 20 "$RUN/$name.log" >&2 || true
+			die "$name exited during start-up (log above: $RUN/$name.log)"
+		fi
+		[ "$SECONDS" -lt "$deadline" ] ||
+			die "$name not ready at $url within 30 s; see $RUN/$name.log"
+		sleep 0.2
+	done
+	info "$name ready ($url)"
+}
+
+# A signed order_paid with a fresh order id, through xsolla-sim when it was built, else
+# signed here exactly as Xsolla does: sha1(body ‖ secret), hex.
+send_order() {
+	local order_id="$1" body sig status
+	if [ -x "$BIN/xsolla-sim" ]; then
+		info "sending order_paid #$order_id with xsolla-sim"
+		"$BIN/xsolla-sim" send order_paid --mode separate --order-id "$order_id" \
+			--url "$INGRESS/webhooks/xsolla" --secret "$SECRET"
+		return
+	fi
+	info "sending order_paid #$order_id with curl"
+	body='{"notification_type":"order_paid","items":[{"sku":"virtual-good-item_test","type":"virtual_good","is_pre_order":false,"quantity":3,"amount":"1000","promotions":[],"custom_attributes":{}},{"sku":"gold","type":"virtual_currency","is_pre_order":false,"quantity":1500,"amount":null,"promotions":[]}],"order":{"id":'"$order_id"',"mode":"sandbox","currency_type":"real","currency":"USD","amount":"9.99","status":"paid","platform":"xsolla","comment":null,"invoice_id":"'"$order_id"'","promotions":[],"promocodes":[],"coupons":[]},"user":{"external_id":"id_xsolla_login_1","email":"gc_user@xsolla.com"}}'
+	sig="$(printf '%s%s' "$body" "$SECRET" | sha1sum | cut -d' ' -f1)"
+	status="$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$INGRESS/webhooks/xsolla" \
+		-H 'Content-Type: application/json' -H "Authorization: Signature $sig" \
+		--data-binary "$body")"
+	echo "HTTP $status from the ingress (204 = durably queued)"
+}
+
+show_grant() {
+	local order_id="$1" deadline=$((SECONDS + 20)) state
+	while [ "$SECONDS" -lt "$deadline" ]; do
+		if state="$(curl -fsS --max-time 2 "$INVENTORY/_admin/state" 2>/dev/null)" &&
+			grep -q "\"$order_id\"" <<<"$state"; then
+			echo "Grant recorded by the demo inventory:"
+			python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["grants"][sys.argv[1]], indent=2))' \
+				"$order_id" <<<"$state" 2>/dev/null || echo "$state"
+			return 0
+		fi
+		sleep 0.2
+	done
+	echo "No grant for order $order_id within 20 s. Ingress metrics:"
+	curl -fsS "$INGRESS/metrics" | grep '^xsolla_' || true
+	echo "Worker logs: $RUN/worker-1.log, $RUN/worker-2.log"
+	return 1
+}
+
+if [ "${1:-}" = stop ]; then
+	stop_all
+	info "stopped"
+	exit 0
+fi
+[ "$#" -eq 0 ] || die "usage: deploy/run-local.sh [stop]"
+
+mkdir -p "$RUN"
+stop_all # idempotent: a second run replaces the first
+# A failed start-up leaves nothing half-running (the logs stay in .run/).
+on_exit() {
+	local rc=$?
+	if [ "$rc" -ne 0 ]; then
+		info "start-up failed: stopping what was started"
+		stop_all
+	fi
+}
+trap on_exit EXIT
+ensure_rabbitmq
+info "building release binaries"
+(cd "$ROOT" && cargo build --release --workspace --bins)
+
+# Inventory first: the workers call it as soon as they consume.
+if start demo-inventory demo-inventory DEMO_INVENTORY_LISTEN=127.0.0.1:8090; then
+	wait_http demo-inventory "$INVENTORY/healthz"
+fi
+have_ingress=0
+if start ingress ingress INGRESS_LISTEN=127.0.0.1:8080 XSOLLA_WEBHOOK_SECRET="$SECRET"; then
+	have_ingress=1
+fi
+for i in 1 2; do
+	start "worker-$i" worker INVENTORY_URL="$INVENTORY" WORKER_LISTEN="127.0.0.1:909$i" || true
+done
+[ ! -e "$RUN/ingress.pid" ] || wait_http ingress "$INGRESS/readyz"
+[ ! -e "$RUN/worker-1.pid" ] || wait_http worker-1 http://127.0.0.1:9091/readyz
+[ ! -e "$RUN/worker-2.pid" ] || wait_http worker-2 http://127.0.0.1:9092/readyz
+
+if [ "$have_ingress" -eq 1 ]; then
+	order_id="$(date +%s)"
+	send_order "$order_id" || info "the sample webhook was not acknowledged (see above)"
+	show_grant "$order_id" || info "see the logs below"
+fi
+
+cat <<EOF
+
+Running (AMQP_URL default: amqp://guest:guest@127.0.0.1:5672/%2f):
+  ingress         $INGRESS/webhooks/xsolla   (secret: $SECRET)   /readyz /metrics
+  workers         http://127.0.0.1:9091 and :9092                  /readyz /metrics
+  demo inventory  $INVENTORY                 GET /_admin/state
+Logs: $RUN/*.log     Stop everything: deploy/run-local.sh stop
+EOF
