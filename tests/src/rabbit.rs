@@ -366,7 +366,7 @@ fn reap_dead_vhosts_once() {
                 else {
                     continue;
                 };
-                if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+                if pid.parse::<u32>().is_ok_and(|pid| !pid_alive(pid)) {
                     let _ = rabbitmqctl(&["delete_vhost", vhost]).await;
                 }
             }
