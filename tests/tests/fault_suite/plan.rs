@@ -1,0 +1,250 @@
+//! The orders of a run (which are canceled, duplicated, out of order or doomed by a
+//! rejected SKU) and how each one is sent through `xsolla-sim`'s library, the way Xsolla
+//! sends: re-sent on 5xx or no answer on the (time-scaled) schedule, stopped on 2xx or a
+//! no-retry 4xx.
+
+use std::{collections::HashMap, sync::Arc};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tests::sim::{Delivery, Ids, Kind, Mode, Overrides, Sender, Template};
+use tokio::{sync::Semaphore, sync::watch, time::Instant};
+
+/// SKU of every order that must be granted.
+pub const GOOD_SKU: &str = "fault-suite-gem";
+/// SKU the inventory refuses with 422: those orders must end in the DLQ, and only they.
+pub const REJECTED_SKU: &str = "fault-suite-banned";
+
+/// When an order's `order_canceled` is sent, relative to its `order_paid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// Never canceled.
+    No,
+    /// After the paid was acknowledged (in order).
+    AfterAck,
+    /// Acknowledged before the paid is even sent (out of order: the revocation reaches
+    /// the worker ahead of its grant).
+    Before,
+    /// Sent at the same moment as the paid (either may arrive first).
+    Concurrent,
+}
+
+/// How a webhook is sent a second time (Xsolla "may send duplicates").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dup {
+    No,
+    /// Both copies at once.
+    Concurrent,
+    /// The copy after the first was acknowledged (or given up on).
+    After,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderPlan {
+    pub id: String,
+    pub mode: Mode,
+    pub rejected: bool,
+    pub cancel: Cancel,
+    pub dup_paid: Dup,
+    pub dup_cancel: Dup,
+}
+
+impl OrderPlan {
+    /// Webhooks this order sends (duplicates included).
+    pub fn webhooks(&self) -> u64 {
+        let paid = 1 + u64::from(self.dup_paid != Dup::No);
+        let cancel = match self.cancel {
+            Cancel::No => 0,
+            _ => 1 + u64::from(self.dup_cancel != Dup::No),
+        };
+        paid + cancel
+    }
+}
+
+/// Draws `n` orders: ~20% canceled (a quarter of those out of order, half of those
+/// concurrent), ~10% with the paid sent twice (and some cancels), and a few (0.5%, at
+/// least 3) with a rejected SKU, never canceled nor duplicated. Half in each delivery mode.
+pub fn draw(n: usize, seed: u64, run_id: u64) -> Vec<OrderPlan> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids = Ids::new(run_id);
+    let rejected_every = (n / 3).clamp(1, 200);
+    (0..n)
+        .map(|i| {
+            let id = ids.next();
+            let mode = if rng.random_bool(0.5) {
+                Mode::Combined
+            } else {
+                Mode::Separate
+            };
+            // Spread over the run, so they meet the faults too.
+            let rejected = i % rejected_every == rejected_every / 2;
+            if rejected {
+                return OrderPlan {
+                    id,
+                    mode,
+                    rejected,
+                    cancel: Cancel::No,
+                    dup_paid: Dup::No,
+                    dup_cancel: Dup::No,
+                };
+            }
+            let cancel = if rng.random_bool(0.2) {
+                match rng.random_range(0..8) {
+                    0 => Cancel::Before,
+                    1 => Cancel::Concurrent,
+                    _ => Cancel::AfterAck,
+                }
+            } else {
+                Cancel::No
+            };
+            let dup = |rng: &mut StdRng, p: f64| {
+                if rng.random_bool(p) {
+                    if rng.random_bool(0.5) {
+                        Dup::Concurrent
+                    } else {
+                        Dup::After
+                    }
+                } else {
+                    Dup::No
+                }
+            };
+            let dup_paid = dup(&mut rng, 0.1);
+            let dup_cancel = if cancel == Cancel::No {
+                Dup::No
+            } else {
+                dup(&mut rng, 0.1)
+            };
+            OrderPlan {
+                id,
+                mode,
+                rejected,
+                cancel,
+                dup_paid,
+                dup_cancel,
+            }
+        })
+        .collect()
+}
+
+/// What happened to one order's webhooks, from Xsolla's side.
+#[derive(Debug, Clone)]
+pub struct OrderResult {
+    pub plan: OrderPlan,
+    pub paid: Vec<Delivery>,
+    pub canceled: Vec<Delivery>,
+}
+
+impl OrderResult {
+    pub fn paid_acked(&self) -> bool {
+        self.paid.iter().any(Delivery::acknowledged)
+    }
+
+    pub fn cancel_acked(&self) -> bool {
+        self.canceled.iter().any(Delivery::acknowledged)
+    }
+
+    /// Deliveries that ended without an acknowledgement (given up or refused).
+    pub fn unacked(&self) -> impl Iterator<Item = (Kind, &Delivery)> {
+        let paid = self.paid.iter().map(|d| (Kind::OrderPaid, d));
+        let canceled = self.canceled.iter().map(|d| (Kind::OrderCanceled, d));
+        paid.chain(canceled).filter(|(_, d)| !d.acknowledged())
+    }
+}
+
+/// Everything an order's task needs to send.
+pub struct SendCtx {
+    pub sender: Sender,
+    /// Requests in flight at most (waits between retries hold no slot).
+    pub slots: Semaphore,
+    pub secret: String,
+    /// Webhooks acknowledged so far; the fault schedule waits on it.
+    pub acks: watch::Sender<u64>,
+    /// By (kind, combined mode, rejected SKU); `Mode` is not `Hash`.
+    templates: HashMap<(Kind, bool, bool), Template>,
+}
+
+impl SendCtx {
+    pub fn new(sender: Sender, concurrency: usize, secret: &str) -> SendCtx {
+        let mut templates = HashMap::new();
+        for kind in [Kind::OrderPaid, Kind::OrderCanceled] {
+            for mode in [Mode::Combined, Mode::Separate] {
+                for rejected in [false, true] {
+                    let overrides = Overrides {
+                        user: Some("fault-suite-player".into()),
+                        sku: Some(if rejected { REJECTED_SKU } else { GOOD_SKU }.into()),
+                        quantity: Some(1),
+                        order_id: None,
+                        mode,
+                    };
+                    let template = Template::new(kind, &overrides).expect("order template");
+                    templates.insert((kind, mode == Mode::Combined, rejected), template);
+                }
+            }
+        }
+        SendCtx {
+            sender,
+            slots: Semaphore::new(concurrency),
+            secret: secret.to_owned(),
+            acks: watch::Sender::new(0),
+            templates,
+        }
+    }
+
+    async fn deliver(&self, plan: &OrderPlan, kind: Kind) -> Delivery {
+        let template = &self.templates[&(kind, plan.mode == Mode::Combined, plan.rejected)];
+        let webhook = template.signed(&plan.id, &self.secret);
+        let delivery = self
+            .sender
+            .deliver_from(&webhook, Instant::now(), Some(&self.slots))
+            .await;
+        if delivery.acknowledged() {
+            self.acks.send_modify(|n| *n += 1);
+        }
+        delivery
+    }
+
+    /// One webhook, and its duplicate if planned.
+    async fn deliver_twice(&self, plan: &OrderPlan, kind: Kind, dup: Dup) -> Vec<Delivery> {
+        match dup {
+            Dup::No => vec![self.deliver(plan, kind).await],
+            Dup::Concurrent => {
+                let (a, b) = tokio::join!(self.deliver(plan, kind), self.deliver(plan, kind));
+                vec![a, b]
+            }
+            Dup::After => {
+                let first = self.deliver(plan, kind).await;
+                vec![first, self.deliver(plan, kind).await]
+            }
+        }
+    }
+
+    /// Sends all of one order's webhooks in its planned order.
+    pub async fn run_order(self: Arc<Self>, plan: OrderPlan) -> OrderResult {
+        let paid = || self.deliver_twice(&plan, Kind::OrderPaid, plan.dup_paid);
+        let cancel = || self.deliver_twice(&plan, Kind::OrderCanceled, plan.dup_cancel);
+        let (paid, canceled) = match plan.cancel {
+            Cancel::No => (paid().await, Vec::new()),
+            Cancel::AfterAck => {
+                let paid = paid().await;
+                let canceled = if paid.iter().any(Delivery::acknowledged) {
+                    cancel().await
+                } else {
+                    Vec::new()
+                };
+                (paid, canceled)
+            }
+            Cancel::Before => {
+                let canceled = cancel().await;
+                (paid().await, canceled)
+            }
+            Cancel::Concurrent => {
+                let (paid, canceled) = tokio::join!(paid(), cancel());
+                (paid, canceled)
+            }
+        };
+        OrderResult {
+            plan,
+            paid,
+            canceled,
+        }
+    }
+}
