@@ -22,5 +22,10 @@ if [ "$#" -eq 0 ]; then
 	cargo test --workspace --doc --quiet
 fi
 
+# Suites that run the real binaries as child processes (tests::bin_path) need them built:
+# nextest builds only what the test targets themselves depend on.
+info "binaries"
+cargo build --workspace --bins --quiet
+
 info "tests (cargo nextest, profile ci)"
 cargo nextest run --workspace --profile ci "$@"
