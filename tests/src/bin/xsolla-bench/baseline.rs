@@ -13,6 +13,7 @@ use std::{
 use futures_lite::StreamExt as _;
 use hdrhistogram::Histogram;
 use lapin::{
+    Channel,
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
@@ -45,8 +46,90 @@ pub enum Until {
     Count(u64),
 }
 
-/// Publishes the bodies the sim would send, with the envelope the ingress would add
-/// (persistent, `mandatory`, same headers), from `concurrency` tasks on ONE confirm-mode
+/// Publish-to-confirm latencies (µs) and failures, shared by the publishing tasks.
+#[derive(Clone)]
+struct Record {
+    histogram: Arc<Mutex<Histogram<u64>>>,
+    failed: Arc<AtomicI64>,
+}
+
+impl Record {
+    fn new() -> anyhow::Result<Record> {
+        Ok(Record {
+            histogram: Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?)),
+            failed: Arc::new(AtomicI64::new(0)),
+        })
+    }
+
+    fn add(&self, result: Result<(), shared::publish::PublishError>, since: Instant) {
+        match result {
+            Ok(()) => {
+                let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.histogram
+                    .lock()
+                    .expect("lock")
+                    .saturating_record(us.max(1));
+            }
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn finish(&self, started: Instant) -> PublishRun {
+        let elapsed_s = started.elapsed().as_secs_f64();
+        let histogram = self.histogram.lock().expect("lock");
+        let published = histogram.len();
+        PublishRun {
+            published,
+            failed: self.failed.load(Ordering::Relaxed) as u64,
+            elapsed_s,
+            throughput: published as f64 / elapsed_s,
+            latency_ms: Latency::from_histogram(&histogram),
+        }
+    }
+}
+
+/// Publishes one body of `template` with id `id`, in the envelope the ingress would give
+/// it (persistent, `mandatory`, the same headers), and waits for its confirm.
+async fn publish_one(
+    channel: &Channel,
+    template: &Template,
+    secret: &str,
+    id: &str,
+) -> Result<(), shared::publish::PublishError> {
+    let body = template.body(id);
+    let kind = template.kind().as_str();
+    let mut headers = FieldTable::default();
+    headers
+        .set_str(header::NOTIFICATION_TYPE, kind)
+        .set_str(header::ROUTING_KEY, kind)
+        .set_str(header::SIGNATURE, &signature::sign(&body, secret))
+        .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
+        .set_int(header::ATTEMPTS, 0)
+        .set_str(header::TRACEPARENT, &envelope::new_traceparent());
+    let properties = envelope::properties(&format!("{kind}:{id}"), headers);
+    publish_confirmed(
+        channel,
+        EXCHANGE,
+        kind,
+        &body,
+        properties,
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+async fn confirm_channel(amqp_url: &str) -> anyhow::Result<(lapin::Connection, Channel)> {
+    let connection = shared::amqp::connect(amqp_url, "xsolla-bench baseline publisher").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, channel))
+}
+
+/// Publishes the bodies the sim would send from `concurrency` tasks on ONE confirm-mode
 /// channel, each awaiting its own confirm: the ingress's shape (one confirm channel per
 /// process, one in-flight publish per request).
 pub async fn publish(
@@ -57,15 +140,8 @@ pub async fn publish(
     concurrency: usize,
     until: Until,
 ) -> anyhow::Result<PublishRun> {
-    let connection = shared::amqp::connect(amqp_url, "xsolla-bench baseline publisher").await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let failed = Arc::new(AtomicI64::new(0));
+    let (connection, channel) = confirm_channel(amqp_url).await?;
+    let record = Record::new()?;
     let remaining = Arc::new(AtomicI64::new(match until {
         Until::Count(n) => i64::try_from(n).unwrap_or(i64::MAX),
         Until::Elapsed(_) => i64::MAX,
@@ -78,60 +154,57 @@ pub async fn publish(
     let mut tasks = JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let (channel, template, secret) = (channel.clone(), template.clone(), secret.to_owned());
-        let (ids, histogram, failed, remaining) = (
-            ids.clone(),
-            histogram.clone(),
-            failed.clone(),
-            remaining.clone(),
-        );
+        let (ids, record, remaining) = (ids.clone(), record.clone(), remaining.clone());
         tasks.spawn(async move {
             while Instant::now() < end && remaining.fetch_sub(1, Ordering::Relaxed) > 0 {
-                let id = ids.next();
-                let body = template.body(&id);
-                let kind = template.kind().as_str();
-                let mut headers = FieldTable::default();
-                headers
-                    .set_str(header::NOTIFICATION_TYPE, kind)
-                    .set_str(header::ROUTING_KEY, kind)
-                    .set_str(header::SIGNATURE, &signature::sign(&body, &secret))
-                    .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
-                    .set_int(header::ATTEMPTS, 0)
-                    .set_str(header::TRACEPARENT, &envelope::new_traceparent());
-                let properties = envelope::properties(&format!("{kind}:{id}"), headers);
                 let sent = Instant::now();
-                let result = publish_confirmed(
-                    &channel,
-                    EXCHANGE,
-                    kind,
-                    &body,
-                    properties,
-                    Duration::from_secs(10),
-                )
-                .await;
-                match result {
-                    Ok(()) => {
-                        let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        histogram.lock().expect("lock").saturating_record(us.max(1));
-                    }
-                    Err(_) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                record.add(
+                    publish_one(&channel, &template, &secret, &ids.next()).await,
+                    sent,
+                );
             }
         });
     }
     while tasks.join_next().await.is_some() {}
-    let elapsed_s = started.elapsed().as_secs_f64();
+    let run = record.finish(started);
     let _ = connection.close(200, "done".into()).await;
-    let histogram = histogram.lock().expect("lock");
-    let published = histogram.len();
-    Ok(PublishRun {
-        published,
-        failed: failed.load(Ordering::Relaxed) as u64,
-        elapsed_s,
-        throughput: published as f64 / elapsed_s,
-        latency_ms: Latency::from_histogram(&histogram),
-    })
+    Ok(run)
+}
+
+/// Open loop: starts `rate` publishes per second for `duration`, at most `concurrency`
+/// awaiting a confirm, latency counted from each planned start (as the load tool does
+/// for the ingress), so both sides of the half-rate comparison are measured alike.
+pub async fn publish_at_rate(
+    amqp_url: &str,
+    template: &Template,
+    secret: &str,
+    ids: Arc<Ids>,
+    (rate, concurrency): (f64, usize),
+    duration: Duration,
+) -> anyhow::Result<PublishRun> {
+    let (connection, channel) = confirm_channel(amqp_url).await?;
+    let record = Record::new()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0u64.. {
+        let at = started + Duration::from_secs_f64(i as f64 / rate);
+        if at >= started + duration {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        let (channel, template, secret) = (channel.clone(), template.clone(), secret.to_owned());
+        let (id, record, slots) = (ids.next(), record.clone(), slots.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire().await.expect("never closed");
+            record.add(publish_one(&channel, &template, &secret, &id).await, at);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let run = record.finish(started);
+    let _ = connection.close(200, "done".into()).await;
+    Ok(run)
 }
 
 /// A drain's result.

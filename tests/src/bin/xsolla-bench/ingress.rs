@@ -36,6 +36,9 @@ pub struct IngressResult {
     pub baseline: PublishRun,
     pub ingress: LoadReport,
     pub half_rate: LoadReport,
+    /// The baseline publisher, open loop at the same rate as `half_rate`: what the broker
+    /// and machine give at that rate without the ingress.
+    pub baseline_half_rate: PublishRun,
     pub ingress_memory: Memory,
     /// CPU per confirmed publish in the baseline phase (the machine has 2 cores in all).
     pub baseline_cpu: CpuPerItem,
@@ -88,7 +91,7 @@ impl IngressBench {
         let template = Template::new(Kind::OrderPaid, &Overrides::default())?;
         let ids = Arc::new(Ids::new(sim::new_run_id()));
 
-        eprintln!("[1/3] baseline: lapin confirmed publisher, {concurrency} tasks, {duration:?}");
+        eprintln!("[1/4] baseline: lapin confirmed publisher, {concurrency} tasks, {duration:?}");
         baseline::publish(
             url,
             &template,
@@ -140,6 +143,12 @@ impl IngressBench {
         let (full, half, ingress_cpu) = measured?;
         let memory = memory?;
         vhost::purge(url, WORK_QUEUE).await?;
+        let rate = half.target_rate.unwrap_or(1.0);
+        eprintln!("[4/4] baseline at the same rate: open loop at {rate:.0}/s, {duration:?}");
+        let baseline_half_rate =
+            baseline::publish_at_rate(url, &template, SECRET, ids, (rate, concurrency), duration)
+                .await?;
+        vhost::purge(url, WORK_QUEUE).await?;
 
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         Ok(IngressResult {
@@ -160,6 +169,7 @@ impl IngressBench {
             baseline,
             ingress: full,
             half_rate: half,
+            baseline_half_rate,
             ingress_memory: memory,
         })
     }
@@ -200,7 +210,7 @@ impl Phase<'_> {
             concurrency,
             run_id: sim::new_run_id(),
         };
-        eprintln!("[2/3] ingress: closed loop, {concurrency} concurrent senders, {duration:?}");
+        eprintln!("[2/4] ingress: closed loop, {concurrency} concurrent senders, {duration:?}");
         sim::load::run(&sender, template, SECRET, &plan(None, WARM_UP)).await;
         let before = CpuSample::take(broker, Some(ingress));
         let full = sim::load::run(&sender, template, SECRET, &plan(None, duration)).await;
@@ -208,7 +218,7 @@ impl Phase<'_> {
         anyhow::ensure!(full.acked > 0, "the ingress acknowledged nothing:\n{full}");
         vhost::purge(amqp_url, WORK_QUEUE).await?;
         let rate = (full.throughput / 2.0).max(1.0);
-        eprintln!("[3/3] ingress at half its maximum: open loop at {rate:.0}/s, {duration:?}");
+        eprintln!("[3/4] ingress at half its maximum: open loop at {rate:.0}/s, {duration:?}");
         let half = sim::load::run(&sender, template, SECRET, &plan(Some(rate), duration)).await;
         Ok((full, half, cpu))
     }

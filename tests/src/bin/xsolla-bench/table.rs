@@ -68,6 +68,12 @@ pub fn ingress(r: &IngressResult) -> String {
         h.sent,
         yes(r.targets.half_rate_p99_met)
     );
+    let bh = &r.baseline_half_rate;
+    let _ = writeln!(
+        s,
+        "| (baseline publisher at the same rate, for reference) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} confirmed, {} failed) | |",
+        bh.latency_ms.p50, bh.latency_ms.p99, bh.latency_ms.max, bh.published, bh.failed
+    );
     let _ = writeln!(
         s,
         "| peak RSS < 50 MiB | {:.1} MiB (VmHWM) | {} |",
