@@ -34,6 +34,29 @@ pub mod header {
     pub const DLQ_ID: &str = "x-dlq-id";
     /// Set by `worker dlq replay`: when the operator put it back. Restarts the retry budget.
     pub const REPLAYED_AT: &str = "x-replayed-at";
+
+    /// What the worker adds when it parks a message in the DLQ.
+    pub const DEAD_LETTER: &[&str] = &[
+        DEAD_REASON,
+        LAST_ERROR,
+        LAST_STATUS,
+        DEAD_LETTERED_AT,
+        DLQ_ID,
+    ];
+
+    /// Headers RabbitMQ sets on dead-lettering and redelivery. They describe one copy, so
+    /// a republish drops them (`x-death` would otherwise grow with every retry).
+    pub const BROKER_SET: &[&str] = &[
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+        "x-acquired-count",
+    ];
 }
 
 /// `application/json`, persistent (delivery mode 2), with `message_id` and our headers.

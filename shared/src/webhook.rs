@@ -229,14 +229,8 @@ fn order_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookErro
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty());
             let quantity = it.get("quantity").and_then(Value::as_i64).unwrap_or(1);
-            match sku {
-                Some(sku) if quantity > 0 => Ok(Item {
-                    sku: sku.to_owned(),
-                    quantity,
-                    kind: it.get("type").and_then(Value::as_str).map(str::to_owned),
-                }),
-                _ => Err(WebhookError::BadItem { index }),
-            }
+            let kind = it.get("type").and_then(Value::as_str);
+            item(index, sku, quantity, kind)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let sandbox = v.pointer("/order/mode").and_then(Value::as_str) == Some("sandbox");
@@ -255,6 +249,23 @@ fn order_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookErro
     })
 }
 
+/// One line, refused when it names no SKU or a quantity below one.
+fn item(
+    index: usize,
+    sku: Option<&str>,
+    quantity: i64,
+    kind: Option<&str>,
+) -> Result<Item, WebhookError> {
+    match sku {
+        Some(sku) if quantity > 0 => Ok(Item {
+            sku: sku.to_owned(),
+            quantity,
+            kind: kind.map(str::to_owned),
+        }),
+        _ => Err(WebhookError::BadItem { index }),
+    }
+}
+
 fn payment_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookError> {
     let transaction_id = transaction_id(v).ok_or(WebhookError::MissingField("transaction.id"))?;
     let user_id = id_at(v, &["user", "id"]).ok_or(WebhookError::MissingField("user.id"))?;
@@ -269,14 +280,7 @@ fn payment_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookEr
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty());
             let quantity = it.get("amount").and_then(Value::as_i64).unwrap_or(1);
-            match sku {
-                Some(sku) if quantity > 0 => items.push(Item {
-                    sku: sku.to_owned(),
-                    quantity,
-                    kind: Some("virtual_good".into()),
-                }),
-                _ => return Err(WebhookError::BadItem { index }),
-            }
+            items.push(item(index, sku, quantity, Some("virtual_good"))?);
         }
     }
     if let Some(vc) = v.pointer("/purchase/virtual_currency") {
@@ -286,14 +290,7 @@ fn payment_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookEr
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty());
         let quantity = vc.get("quantity").and_then(Value::as_i64).unwrap_or(0);
-        match sku {
-            Some(sku) if quantity > 0 => items.push(Item {
-                sku: sku.to_owned(),
-                quantity,
-                kind: Some("virtual_currency".into()),
-            }),
-            _ => return Err(WebhookError::BadItem { index: items.len() }),
-        }
+        items.push(item(items.len(), sku, quantity, Some("virtual_currency"))?);
     }
     if items.is_empty() {
         return Err(WebhookError::NoItems(

@@ -25,19 +25,6 @@ use crate::{
 /// Longest `x-last-error` we store: enough to diagnose, small enough for a header.
 pub const LAST_ERROR_MAX: usize = 1024;
 
-/// Headers the broker sets on dead-lettering and redelivery. Dropped when we republish:
-/// they describe the old copy, and `x-death` would otherwise grow with every retry.
-const BROKER_HEADERS: &[&str] = &[
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-delivery-count",
-];
-
 /// What became of a delivery, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -169,7 +156,7 @@ fn republished(original: &BasicProperties, headers: FieldTable) -> BasicProperti
 fn copied(original: Option<&FieldTable>, drop: &[&str]) -> FieldTable {
     let mut map = original.map(|h| h.inner().clone()).unwrap_or_default();
     map.retain(|k: &ShortString, _| {
-        !BROKER_HEADERS.contains(&k.as_str()) && !drop.contains(&k.as_str())
+        !header::BROKER_SET.contains(&k.as_str()) && !drop.contains(&k.as_str())
     });
     FieldTable::from(map)
 }

@@ -18,22 +18,12 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 /// the replayed message looks like a fresh one from the ingress. `x-delivery-count` and
 /// `x-acquired-count` are the DLQ's own redelivery counters, which must not follow the
 /// message into the work queue.
-pub const DEAD_LETTER_HEADERS: &[&str] = &[
-    header::DEAD_REASON,
-    header::LAST_ERROR,
-    header::LAST_STATUS,
-    header::DEAD_LETTERED_AT,
-    header::DLQ_ID,
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-delivery-count",
-    "x-acquired-count",
-];
+pub fn dead_letter_headers() -> impl Iterator<Item = &'static str> {
+    header::DEAD_LETTER
+        .iter()
+        .chain(header::BROKER_SET)
+        .copied()
+}
 
 /// A message read from the DLQ.
 #[derive(Debug, Clone)]
@@ -128,8 +118,8 @@ impl DeadLetter {
     /// header, with `x-attempts` = 0 (the retry budget starts again) and `x-replayed-at` = `now`.
     pub fn replay_properties(&self, now: &str) -> BasicProperties {
         let mut headers: BTreeMap<ShortString, AMQPValue> = self.headers().inner().clone();
-        for name in DEAD_LETTER_HEADERS {
-            headers.remove(*name);
+        for name in dead_letter_headers() {
+            headers.remove(name);
         }
         let mut headers = FieldTable::from(headers);
         headers
@@ -326,7 +316,7 @@ mod tests {
         let m = DeadLetter::new(worker_parked(), BODY.to_vec());
         let props = m.replay_properties("2025-02-03T04:05:06Z");
         let h = props.headers().clone().unwrap();
-        for name in DEAD_LETTER_HEADERS {
+        for name in dead_letter_headers() {
             assert!(!h.contains_key(name), "{name} kept");
         }
         assert_eq!(h.get_int(header::ATTEMPTS), Some(0));
