@@ -12,8 +12,8 @@ use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCod
 use shared::{signature, topology::WORK_QUEUE};
 use tests::{
     ingress_harness::RunningIngress,
-    sim::{self, Kind, LoadPlan, Overrides, Policy, Sender, Template, vhost},
-    wait,
+    rabbit::TestVhost,
+    sim::{self, Kind, LoadPlan, Overrides, Policy, Sender, Template},
 };
 use tokio::net::TcpListener;
 
@@ -149,10 +149,8 @@ async fn bad_usage_exits_2() {
 
 #[tokio::test]
 async fn load_through_the_ingress_lands_every_acknowledged_webhook_in_the_work_queue() {
-    let mut vhost = vhost::Vhost::create("amqp://guest:guest@127.0.0.1:5672", "sim-test")
-        .await
-        .unwrap();
-    let ingress = RunningIngress::start(vhost.url(), &["--webhook-secret", SECRET])
+    let vhost = TestVhost::create().await.unwrap();
+    let ingress = RunningIngress::start(&vhost.amqp_url(), &["--webhook-secret", SECRET])
         .await
         .unwrap();
     let sender = Sender::new(
@@ -173,23 +171,11 @@ async fn load_through_the_ingress_lands_every_acknowledged_webhook_in_the_work_q
     assert_eq!(report.sent, 100, "{report}");
     assert_eq!(report.acked, report.sent, "{report}");
     assert_eq!(report.latency_ms.count, report.acked);
-    let expected = u32::try_from(report.acked).unwrap();
-    let url = vhost.url().to_owned();
-    wait::until(
-        Duration::from_secs(10),
-        "every acknowledged webhook in the work queue",
-        || {
-            let url = url.clone();
-            async move { vhost::queue_depth(&url, WORK_QUEUE).await.unwrap_or(0) >= expected }
-        },
-    )
-    .await
-    .unwrap();
-    let depth = vhost::queue_depth(&url, WORK_QUEUE).await.unwrap();
-    assert_eq!(
-        depth, expected,
-        "exactly one message per acknowledged webhook"
-    );
+    // Exactly one message per acknowledged webhook: none lost, none doubled.
+    vhost
+        .wait_queue_len(WORK_QUEUE, report.acked, Duration::from_secs(10))
+        .await
+        .unwrap();
     ingress.stop().await.unwrap();
-    vhost.delete().await;
+    vhost.delete().await.unwrap();
 }

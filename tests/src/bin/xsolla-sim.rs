@@ -211,10 +211,12 @@ async fn send(cli: &Cli, args: &SendArgs, secret: &str) -> anyhow::Result<ExitCo
     let policy = policy(&args.delivering);
     let sender = Sender::new(&cli.url, policy, 1, cli.timeout)?;
     if !args.delivering.json {
-        println!(
-            "POST {} · {} {} · {:?} mode",
-            cli.url, webhook.kind, webhook.id, overrides.mode
-        );
+        let id = match webhook.kind {
+            Kind::UserValidation => format!("user {}", webhook.id),
+            Kind::Payment | Kind::Refund => format!("transaction {}", webhook.id),
+            _ => format!("order {} ({:?} mode)", webhook.id, overrides.mode).to_lowercase(),
+        };
+        println!("POST {} · {} · {id}", cli.url, webhook.kind);
     }
     let delays = if policy.retry {
         schedule::retry_delays(webhook.kind)

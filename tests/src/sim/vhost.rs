@@ -1,12 +1,7 @@
-//! A throwaway RabbitMQ vhost (made with `rabbitmqctl`) so a load run or benchmark has its
-//! own queues on a shared node, plus the queue look-ups the load tests need.
+//! A throwaway RabbitMQ vhost (made with `rabbitmqctl`) on any broker URL, so a benchmark
+//! has its own queues on a shared node. Tests use `crate::rabbit::TestVhost` instead.
 
-use anyhow::Context as _;
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{QueueDeclareOptions, QueuePurgeOptions},
-    types::FieldTable,
-};
+use lapin::{Connection, ConnectionProperties, options::QueuePurgeOptions};
 
 /// A vhost that is deleted on [`Vhost::delete`] or, failing that, on drop.
 #[derive(Debug)]
@@ -71,26 +66,20 @@ impl Drop for Vhost {
     }
 }
 
-/// Runs `rabbitmqctl -q <args>`, up to three times: the CLI's own Erlang node sometimes
-/// fails to start ("Distribution failed") while other CLI calls run beside it.
+/// `rabbitmqctl -q <args>` through [`crate::rabbit::rabbitmqctl`], up to three times: the
+/// CLI's own Erlang node sometimes fails to start ("Distribution failed") while other CLI
+/// calls run beside it.
 async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     let mut tries = 0;
     loop {
         tries += 1;
-        let out = tokio::process::Command::new("rabbitmqctl")
-            .arg("-q")
-            .args(args)
-            .output()
-            .await
-            .context("running rabbitmqctl (is RabbitMQ installed and running?)")?;
-        if out.status.success() {
-            return Ok(());
+        match crate::rabbit::rabbitmqctl(args).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tries < 3 && format!("{e:#}").contains("Distribution failed") => {
+                tokio::time::sleep(std::time::Duration::from_millis(500 * tries)).await;
+            }
+            Err(e) => return Err(e),
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if tries >= 3 || !stderr.contains("Distribution failed") {
-            anyhow::bail!("rabbitmqctl {}: {}", args.join(" "), stderr.trim());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500 * tries)).await;
     }
 }
 
@@ -110,22 +99,6 @@ fn user_of(url: &str) -> String {
         Some((userinfo, _)) => userinfo.split(':').next().unwrap_or("guest").to_owned(),
         None => "guest".to_owned(),
     }
-}
-
-/// Ready messages in `queue` (a passive declare, so it never creates the queue).
-pub async fn queue_depth(amqp_url: &str, queue: &str) -> anyhow::Result<u32> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .with_context(|| format!("queue {queue}"));
-    let _ = connection.close(200, "done".into()).await;
-    Ok(declared?.message_count())
 }
 
 /// Drops every ready message in `queue`; returns how many.
