@@ -7,7 +7,8 @@ pub mod fixtures;
 pub mod ingress_harness;
 pub mod inventory;
 pub mod rabbit;
-pub mod wait;
-pub use bins::bin_path;
 pub mod sim;
+pub mod wait;
 pub mod worker_harness;
+
+pub use bins::bin_path;

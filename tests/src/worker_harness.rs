@@ -136,19 +136,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// The `worker` binary next to this test executable (`target/<profile>/worker`).
 pub fn worker_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/worker
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test executable has no target directory")?;
-    let bin = dir.join(format!("worker{}", std::env::consts::EXE_SUFFIX));
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` before this suite",
-        bin.display()
-    );
-    Ok(bin)
+    Ok(crate::bin_path("worker"))
 }
 
 /// The real `worker` binary as a child process.
