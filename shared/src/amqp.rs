@@ -115,6 +115,18 @@ impl Link {
     }
 }
 
+/// Delays between attempts to reach the broker: 100 ms doubling to 2 s, jittered so a fleet
+/// does not reconnect in lockstep. Capped low because every second without a broker is a
+/// second of 503s at the edge; an attempt costs the broker one refused TCP connection.
+pub fn reconnect_backoff() -> impl Iterator<Item = Duration> + Send {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// How often an idle supervisor looks at its session's health. lapin marks a connection
 /// closed as soon as the broker closes it or the socket fails, so this only bounds how long
 /// `/readyz` can lag behind.
@@ -134,14 +146,6 @@ pub fn supervise(
         suspect: suspect.clone(),
     };
     let task = tokio::spawn(async move {
-        let reconnect_backoff = || {
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(5))
-                .with_jitter()
-                .without_max_times()
-                .build()
-        };
         let mut backoff = reconnect_backoff();
         while !shutdown.is_cancelled() {
             match Session::open(&url, &name, &topology).await {

@@ -10,7 +10,6 @@ use std::{
     time::Duration,
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_lite::{FutureExt, StreamExt};
 use lapin::{
     Channel, Consumer,
@@ -57,14 +56,7 @@ pub async fn consume(
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let resubscribe_backoff = || {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
+    let resubscribe_backoff = shared::amqp::reconnect_backoff;
     let mut backoff = resubscribe_backoff();
     let mut draining: Option<Channel> = None;
     while !shutdown.is_cancelled() {
