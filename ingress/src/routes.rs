@@ -12,10 +12,7 @@ use axum::{
 };
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
-use shared::{
-    envelope::{self, HeadersExt, header},
-    webhook::id_at,
-};
+use shared::envelope::{self, HeadersExt, header};
 
 use crate::{
     allowlist::IpAllowlist,
@@ -175,9 +172,12 @@ async fn validate_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response,
     let Some(check) = &app.user_check else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let user_id = id_at(&webhook.value, &["user", "id"])
+    let user_id = webhook
+        .summary
+        .account_id
+        .as_deref()
         .ok_or_else(|| ApiError::InvalidParameter("`user.id` is missing".into()))?;
-    match check.lookup(&user_id, &webhook.traceparent).await {
+    match check.lookup(user_id, &webhook.traceparent).await {
         Ok(Lookup::Exists(_)) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(Lookup::Unknown) => Err(ApiError::InvalidUser),
         Err(e) => Err(app.unavailable(format!("cannot validate user: {e}"))),
@@ -190,12 +190,10 @@ async fn search_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response, A
         .user_check
         .as_ref()
         .expect("validated: user_search needs USER_CHECK_URL");
-    let user_id = id_at(&webhook.value, &["user", "public_id"])
-        .or_else(|| id_at(&webhook.value, &["user", "id"]))
-        .ok_or_else(|| {
-            ApiError::InvalidParameter("`user.public_id` or `user.id` is missing".into())
-        })?;
-    match check.lookup(&user_id, &webhook.traceparent).await {
+    let user_id = webhook.summary.search_id.as_deref().ok_or_else(|| {
+        ApiError::InvalidParameter("`user.public_id` or `user.id` is missing".into())
+    })?;
+    match check.lookup(user_id, &webhook.traceparent).await {
         Ok(Lookup::Exists(body)) => {
             // The game may answer `{"user":{…}}` or the user object itself; Xsolla needs an id.
             let user = match body {

@@ -9,7 +9,6 @@ use axum::{
     extract::{ConnectInfo, Request},
     http::header::{AUTHORIZATION, CONTENT_LENGTH},
 };
-use serde_json::Value;
 use shared::{envelope, signature, webhook};
 
 use crate::{allowlist, error::ApiError, routes::App};
@@ -19,7 +18,6 @@ use crate::{allowlist, error::ApiError, routes::App};
 pub struct VerifiedWebhook {
     /// The body exactly as received.
     pub body: Bytes,
-    pub value: Value,
     pub summary: webhook::Summary,
     /// The `Authorization` header, kept on the message so consumers can re-verify.
     pub signature: String,
@@ -59,8 +57,8 @@ pub async fn verify(
         );
     }
     signature::verify(header, &body, secrets)?;
-    let (value, summary) =
-        webhook::parse(&body).map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
+    let summary =
+        webhook::summarize(&body).map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
     if let (Some(route), Some(body_project)) = (project_id, summary.project_id)
         && route != body_project
     {
@@ -76,7 +74,6 @@ pub async fn verify(
         .map_or_else(envelope::new_traceparent, str::to_owned);
     Ok(VerifiedWebhook {
         body,
-        value,
         summary,
         signature: header.unwrap_or_default().to_owned(),
         project_id,

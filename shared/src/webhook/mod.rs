@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
+mod head;
+
 /// Why a body cannot be read as a webhook (answered `400 INVALID_PARAMETER` at the edge, or
 /// dead-lettered at once by the worker).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,71 +32,101 @@ pub enum WebhookError {
     NotFulfilled(String),
 }
 
-/// The parts of a webhook the ingress logs and keys on.
+/// The parts of a webhook the ingress logs, keys on and answers with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub notification_type: String,
     pub order_id: Option<String>,
     pub transaction_id: Option<String>,
+    /// The player: `user.external_id` (order webhooks), else `user.id`.
     pub user_id: Option<String>,
+    /// `user.id`, what `user_validation` asks about.
+    pub account_id: Option<String>,
+    /// `user.public_id`, else `user.id`: what `user_search` asks about.
+    pub search_id: Option<String>,
     pub project_id: Option<u64>,
     /// Stable across Xsolla's re-sends of the same event; used as the AMQP `message_id`.
     pub dedup_id: String,
 }
 
-/// Parses `body` as a JSON object that names its `notification_type`.
+/// Parses `body` as a JSON object that names its `notification_type`, into both the full
+/// tree (the worker reads items from it) and the [`Summary`].
 pub fn parse(body: &[u8]) -> Result<(Value, Summary), WebhookError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
-    if !value.is_object() {
-        return Err(WebhookError::NotJson("top level is not an object".into()));
-    }
-    let summary = summarize(&value, body)?;
+    let summary = summarize(body)?;
+    let value = serde_json::from_slice(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
     Ok((value, summary))
 }
 
-fn summarize(v: &Value, body: &[u8]) -> Result<Summary, WebhookError> {
-    let notification_type = v
-        .get("notification_type")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .ok_or(WebhookError::NoNotificationType)?
-        .to_owned();
+/// Reads only the [`Summary`] (what the ingress needs), checking that `body` is one
+/// well-formed JSON object with a usable `notification_type`.
+pub fn summarize(body: &[u8]) -> Result<Summary, WebhookError> {
+    // Checked first: a derived reader would also take a JSON array, field by position.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(WebhookError::NotJson("top level is not an object".into()));
+    }
+    let head: head::Head =
+        serde_json::from_slice(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
+    let notification_type = head
+        .notification_type
+        .text
+        .filter(|t| head.notification_type.was_string && !t.is_empty())
+        .ok_or(WebhookError::NoNotificationType)?;
     // It becomes an AMQP routing key and a metrics label: keep it short and plain.
     let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
     if notification_type.len() > 64 || !notification_type.bytes().all(plain) {
         return Err(WebhookError::BadNotificationType);
     }
-    let order_id = id_at(v, &["order", "id"]);
-    let transaction_id = transaction_id(v);
-    let user_id = id_at(v, &["user", "external_id"]).or_else(|| id_at(v, &["user", "id"]));
-    let project_id = project_id(v);
-    let dedup_id = match (notification_type.as_str(), &order_id, &transaction_id) {
-        ("order_paid" | "order_canceled", Some(order), _) => format!("{notification_type}:{order}"),
-        (_, _, Some(tx)) => format!("{notification_type}:tx:{tx}"),
-        // No natural id: the body's own hash is stable across Xsolla's re-sends.
-        _ => format!(
-            "{notification_type}:sha1:{}",
-            hex::encode(Sha1::digest(body))
-        ),
-    };
-    // AMQP's message_id is a short string (≤ 255 bytes); absurdly long ids are hashed.
-    let dedup_id = if dedup_id.len() > 200 {
-        format!(
-            "{notification_type}:sha1:{}",
-            hex::encode(Sha1::digest(dedup_id.as_bytes()))
-        )
-    } else {
-        dedup_id
-    };
+    let order_id = head.order.0.id.id();
+    let transaction_id = head
+        .billing
+        .0
+        .transaction
+        .0
+        .id
+        .id()
+        .or_else(|| head.transaction.0.id.id());
+    let user = &head.user.0;
+    let project_id = head
+        .billing
+        .0
+        .settings
+        .0
+        .project_id
+        .id()
+        .or_else(|| head.settings.0.project_id.id())
+        .and_then(|p| p.parse().ok());
+    let dedup_id = dedup_id(
+        &notification_type,
+        order_id.as_deref(),
+        transaction_id.as_deref(),
+        body,
+    );
     Ok(Summary {
-        notification_type,
         order_id,
         transaction_id,
-        user_id,
+        user_id: user.external_id.id().or_else(|| user.id.id()),
+        account_id: user.id.id(),
+        search_id: user.public_id.id().or_else(|| user.id.id()),
         project_id,
         dedup_id,
+        notification_type,
     })
+}
+
+/// `order_paid:<order>`, `<type>:tx:<transaction>`, else `<type>:sha1:<body hash>` (the
+/// body's own hash is stable across Xsolla's re-sends of an event with no natural id).
+fn dedup_id(kind: &str, order: Option<&str>, transaction: Option<&str>, body: &[u8]) -> String {
+    let id = match (kind, order, transaction) {
+        ("order_paid" | "order_canceled", Some(order), _) => format!("{kind}:{order}"),
+        (_, _, Some(tx)) => format!("{kind}:tx:{tx}"),
+        _ => format!("{kind}:sha1:{}", hex::encode(Sha1::digest(body))),
+    };
+    // AMQP's message_id is a short string (≤ 255 bytes); absurdly long ids are hashed.
+    if id.len() > 200 {
+        format!("{kind}:sha1:{}", hex::encode(Sha1::digest(id.as_bytes())))
+    } else {
+        id
+    }
 }
 
 /// Reads an id that Xsolla sends as a string in some payloads and an integer in others.
@@ -397,6 +429,57 @@ mod tests {
             parse(br#"{"notification_type":"a#b"}"#).unwrap_err(),
             WebhookError::BadNotificationType
         );
+    }
+
+    #[test]
+    fn reads_fields_of_unexpected_types_as_absent() {
+        let body = br#"{"notification_type":"order_paid","order":"x","user":{"id":1.5,"external_id":null},"billing":[1],"items":[{"a":{"b":[]}}]}"#;
+        let s = summarize(body).unwrap();
+        assert_eq!(
+            (s.order_id, s.user_id, s.transaction_id),
+            (None, None, None)
+        );
+        let s =
+            summarize(br#"{"notification_type":"user_search","user":{"public_id":"p","id":7}}"#)
+                .unwrap();
+        assert_eq!(s.search_id.as_deref(), Some("p"));
+        assert_eq!(s.account_id.as_deref(), Some("7"));
+        assert!(matches!(
+            summarize(br#"{"notification_type":"a""#),
+            Err(WebhookError::NotJson(_))
+        ));
+        assert!(matches!(
+            summarize(br#"{"notification_type":"a"} x"#),
+            Err(WebhookError::NotJson(_))
+        ));
+        assert_eq!(
+            summarize(br#"{"notification_type":7}"#).unwrap_err(),
+            WebhookError::NoNotificationType
+        );
+    }
+
+    #[test]
+    fn summary_agrees_with_the_value_tree_on_every_fixture() {
+        for name in [
+            "order_paid_combined",
+            "order_paid_separate",
+            "order_canceled_separate",
+            "payment",
+            "refund",
+            "user_validation",
+        ] {
+            let body = fixture(name);
+            let s = summarize(&body).unwrap();
+            let (v, _) = parse(&body).unwrap();
+            assert_eq!(s.order_id, id_at(&v, &["order", "id"]), "{name}");
+            assert_eq!(
+                s.user_id,
+                id_at(&v, &["user", "external_id"]).or_else(|| id_at(&v, &["user", "id"])),
+                "{name}"
+            );
+            assert_eq!(s.project_id, project_id(&v), "{name}");
+            assert_eq!(s.transaction_id, transaction_id(&v), "{name}");
+        }
     }
 
     #[test]
