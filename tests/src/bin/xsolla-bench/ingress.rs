@@ -12,7 +12,8 @@ use tests::sim::{
 use crate::{
     baseline::{self, PublishRun, Until},
     proc::{
-        CpuPerItem, CpuSample, Memory, Service, amqp_port, free_addr, listener_pid, sibling_binary,
+        CpuPerItem, CpuSample, Memory, Service, amqp_port, listener_pid, sibling_binary,
+        start_ingress,
     },
 };
 
@@ -117,19 +118,7 @@ impl IngressBench {
         );
         vhost::purge(url, WORK_QUEUE).await?;
 
-        let listen = free_addr()?;
-        let env = [
-            ("INGRESS_LISTEN", listen.clone()),
-            ("XSOLLA_WEBHOOK_SECRET", SECRET.to_owned()),
-            ("AMQP_URL", url.to_owned()),
-        ];
-        let ingress = Service::start(
-            "ingress",
-            &self.ingress_bin,
-            &env,
-            &format!("http://{listen}/readyz"),
-        )
-        .await?;
+        let (ingress, webhook_url) = start_ingress(&self.ingress_bin, url, SECRET).await?;
         let phase = Phase {
             amqp_url: url,
             broker: broker.as_deref(),
@@ -137,7 +126,7 @@ impl IngressBench {
             concurrency,
             duration,
         };
-        let measured = phase.against(&ingress, &listen).await;
+        let measured = phase.against(&ingress, &webhook_url).await;
         let memory = ingress.memory();
         ingress.stop().await;
         let (full, half, ingress_cpu) = measured?;
@@ -189,7 +178,7 @@ impl Phase<'_> {
     async fn against(
         &self,
         ingress: &Service,
-        listen: &str,
+        webhook_url: &str,
     ) -> anyhow::Result<(LoadReport, LoadReport, CpuPerItem)> {
         let Phase {
             amqp_url,
@@ -199,7 +188,7 @@ impl Phase<'_> {
             duration,
         } = *self;
         let sender = Sender::new(
-            &format!("http://{listen}/webhooks/xsolla"),
+            webhook_url,
             Policy::default(),
             concurrency,
             Duration::from_secs(10),

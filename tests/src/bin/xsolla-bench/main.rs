@@ -1,9 +1,10 @@
-//! `xsolla-bench`: measures the ingress and the worker next to a plain-lapin baseline run
-//! in the same process, on the same broker and machine, so results read as ratios that
-//! survive a change of machine. Method and results: BENCHMARKS.md.
+//! `xsolla-bench`: measures the ingress, the worker and the whole pipeline next to a
+//! plain-lapin baseline run in the same process, on the same broker and machine, so
+//! results read as ratios that survive a change of machine. Method and results: BENCHMARKS.md.
 
 mod baseline;
 mod ingress;
+mod pipeline;
 mod proc;
 mod table;
 mod worker;
@@ -13,9 +14,9 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use shared::config::parse_duration;
 
-/// Benchmarks the ingress (`ingress`) or the worker (`worker`) against a same-run
-/// baseline. Needs RabbitMQ (a throwaway vhost is made with rabbitmqctl) and the release
-/// binaries: `cargo build --release --workspace --bins`.
+/// Benchmarks the ingress (`ingress`), the worker (`worker`) or the whole pipeline
+/// (`pipeline`) against a same-run baseline. Needs RabbitMQ (a throwaway vhost is made
+/// with rabbitmqctl) and the release binaries: `cargo build --release --workspace --bins`.
 #[derive(Parser, Debug)]
 #[command(
     name = "xsolla-bench",
@@ -24,7 +25,8 @@ use shared::config::parse_duration;
 Examples:
   cargo run --release -p tests --bin xsolla-bench -- ingress
   cargo run --release -p tests --bin xsolla-bench -- ingress --concurrency 32 --duration 20s --json
-  cargo run --release -p tests --bin xsolla-bench -- worker --messages 10000"
+  cargo run --release -p tests --bin xsolla-bench -- worker --messages 10000
+  cargo run --release -p tests --bin xsolla-bench -- pipeline --shares 0.25,0.5,0.75"
 )]
 struct Cli {
     /// RabbitMQ to use; its vhost is replaced by a fresh one, deleted at the end.
@@ -60,6 +62,10 @@ enum Command {
     /// The worker draining the queue into a demo inventory (1 and 2 workers) vs a plain
     /// consume-and-ack loop, and the pipeline end to end through the ingress.
     Worker(worker::WorkerBench),
+    /// The whole pipeline (webhook → ingress → queue → workers → grant) at its maximum
+    /// rate and open loop at shares of it: grants/s, webhook-to-grant p50/p99, peak RSS
+    /// and CPU per grant of each process, next to plain-lapin baselines.
+    Pipeline(pipeline::PipelineBench),
 }
 
 #[tokio::main]
@@ -75,6 +81,10 @@ async fn main() -> ExitCode {
             .run(&cli.amqp_url, concurrency, cli.duration)
             .await
             .and_then(|r| output(cli.json, &r, table::worker)),
+        Command::Pipeline(bench) => bench
+            .run(&cli.amqp_url, concurrency, cli.duration)
+            .await
+            .and_then(|r| output(cli.json, &r, table::pipeline)),
     };
     match printed {
         Ok(()) => ExitCode::SUCCESS,

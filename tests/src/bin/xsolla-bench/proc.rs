@@ -53,15 +53,7 @@ impl Service {
 
     /// Peak and current resident memory, MiB.
     pub fn memory(&self) -> anyhow::Result<Memory> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let kib = |field: &str| -> Option<f64> {
-            let line = status.lines().find(|l| l.starts_with(field))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        };
-        Ok(Memory {
-            peak_rss_mib: kib("VmHWM:").unwrap_or(0.0) / 1024.0,
-            rss_mib: kib("VmRSS:").unwrap_or(0.0) / 1024.0,
-        })
+        memory_of(&self.pid.to_string())
     }
 
     /// CPU seconds used so far (user + system).
@@ -88,6 +80,87 @@ impl Service {
 pub struct Memory {
     pub peak_rss_mib: f64,
     pub rss_mib: f64,
+}
+
+/// Peak (`VmHWM`) and current resident memory of `/proc/<pid>` (`self` for this process).
+pub fn memory_of(pid: &str) -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |field: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse::<f64>().ok()
+    };
+    Ok(Memory {
+        peak_rss_mib: kib("VmHWM:").unwrap_or(0.0) / 1024.0,
+        rss_mib: kib("VmRSS:").unwrap_or(0.0) / 1024.0,
+    })
+}
+
+/// Restarts `VmHWM` at the current RSS (Linux ≥ 4.0, `clear_refs` value 5), so a later
+/// [`memory_of`] gives the peak of one phase rather than of the whole process life.
+/// Best effort: where it is refused, the peak simply stays cumulative.
+pub fn reset_peak_rss(pid: &str) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Starts the ingress on a free port against `amqp_url`, with only its listen address,
+/// secret and broker set, so it runs with its deployed defaults (`info` logs included).
+/// Returns it with its webhook URL.
+pub async fn start_ingress(
+    bin: &Path,
+    amqp_url: &str,
+    secret: &str,
+) -> anyhow::Result<(Service, String)> {
+    let listen = free_addr()?;
+    let env = [
+        ("INGRESS_LISTEN", listen.clone()),
+        ("XSOLLA_WEBHOOK_SECRET", secret.to_owned()),
+        ("AMQP_URL", amqp_url.to_owned()),
+    ];
+    let ingress = Service::start("ingress", bin, &env, &format!("http://{listen}/readyz")).await?;
+    Ok((ingress, format!("http://{listen}/webhooks/xsolla")))
+}
+
+/// Starts `count` workers on the work queue of `amqp_url`, granting into `inventory_url`;
+/// on a failure, stops the ones already started.
+pub async fn start_workers(
+    bin: &Path,
+    amqp_url: &str,
+    inventory_url: &str,
+    count: usize,
+    concurrency: u16,
+) -> anyhow::Result<Vec<Service>> {
+    let mut running = Vec::new();
+    for _ in 0..count {
+        let listen = free_addr()?;
+        let env = [
+            ("AMQP_URL", amqp_url.to_owned()),
+            ("INVENTORY_URL", inventory_url.to_owned()),
+            ("WORKER_LISTEN", listen.clone()),
+            ("WORKER_CONCURRENCY", concurrency.to_string()),
+        ];
+        match Service::start("worker", bin, &env, &format!("http://{listen}/readyz")).await {
+            Ok(s) => running.push(s),
+            Err(e) => {
+                stop_all(running).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(running)
+}
+
+/// Peak RSS of each service, MiB (0 where unreadable).
+pub fn peaks(services: &[Service]) -> Vec<f64> {
+    services
+        .iter()
+        .map(|s| s.memory().map(|m| m.peak_rss_mib).unwrap_or(0.0))
+        .collect()
+}
+
+pub async fn stop_all(services: Vec<Service>) {
+    for s in services {
+        s.stop().await;
+    }
 }
 
 /// CPU seconds of `/proc/<pid>` (`self` for this process). Assumes the usual 100 ticks/s.

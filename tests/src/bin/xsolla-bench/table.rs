@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{ingress::IngressResult, worker::WorkerResult};
+use crate::{ingress::IngressResult, pipeline::PipelineResult, worker::WorkerResult};
 
 fn yes(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
@@ -154,4 +154,88 @@ pub fn worker(r: &WorkerResult) -> String {
 
 fn rounded(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| (x * 10.0).round() / 10.0).collect()
+}
+
+pub fn pipeline(r: &PipelineResult) -> String {
+    let (publish, raw) = (&r.baseline_publish, &r.raw_consume_ack);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Pipeline: webhook → ingress → queue → {} worker(s) → grant ({} concurrent / open loop, {:.0} s per phase)\n",
+        r.workers, r.concurrency, r.duration_s
+    );
+    let _ = writeln!(
+        s,
+        "Same-run baselines: lapin confirmed publisher {:.0}/s ({} tasks, p50 {:.2} ms, p99 {:.2} ms); raw consume-and-ack {:.0}/s (prefetch {}).\n",
+        publish.throughput,
+        r.concurrency,
+        publish.latency_ms.p50,
+        publish.latency_ms.p99,
+        raw.rate,
+        r.worker_concurrency
+    );
+    let _ = writeln!(
+        s,
+        "| load | offered/s | acked/s | grants/s | / raw consume | / publisher | webhook→204 p50 / p99 (ms) | webhook→grant p50 / p99 / max (ms) | granted / sent | baseline publish→confirm p50 / p99 at that rate (ms) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|---|---|");
+    for e in std::iter::once(&r.max).chain(&r.rates) {
+        let load = match e.share {
+            Some(share) => format!("{:.0} % of max", 100.0 * share),
+            None => "max (closed loop)".to_owned(),
+        };
+        let offered = e
+            .load
+            .target_rate
+            .map_or_else(|| "—".to_owned(), |rate| format!("{rate:.0}"));
+        let (g, w) = (&e.grant_latency_ms, &e.load.latency_ms);
+        let grant = if g.count == 0 {
+            "—".to_owned()
+        } else {
+            format!("{:.2} / {:.2} / {:.2}", g.p50, g.p99, g.max)
+        };
+        let base = e.baseline_same_rate.as_ref().map_or_else(
+            || "—".to_owned(),
+            |b| format!("{:.2} / {:.2}", b.latency_ms.p50, b.latency_ms.p99),
+        );
+        // Throughput ratios only for the maximum: below it, grants/s is just the rate offered.
+        let ratios = if e.share.is_none() {
+            format!(
+                "{:.2} | {:.2}",
+                e.grants_per_s / raw.rate,
+                e.grants_per_s / publish.throughput
+            )
+        } else {
+            "— | —".to_owned()
+        };
+        let _ = writeln!(
+            s,
+            "| {load} | {offered} | {:.0} | {:.0} | {ratios} | {:.2} / {:.2} | {grant} | {} / {} | {base} |",
+            e.load.throughput, e.grants_per_s, w.p50, w.p99, e.granted, e.load.sent,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| load | peak RSS (MiB): ingress / workers / bench (load generator + demo inventory) | CPU µs per grant: broker / ingress / workers / bench | total |"
+    );
+    let _ = writeln!(s, "|---|---|---|---:|");
+    for e in std::iter::once(&r.max).chain(&r.rates) {
+        let (m, c) = (&e.peak_rss_mib, &e.cpu_per_grant);
+        let p = &c.processes;
+        let total = p.broker_us + p.service_us + c.workers_us + p.load_generator_us;
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} / {:?} / {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {total:.0} |",
+            e.share
+                .map_or_else(|| "max".to_owned(), |x| format!("{:.0} %", 100.0 * x)),
+            m.ingress,
+            rounded(&m.workers),
+            m.bench,
+            p.broker_us,
+            p.service_us,
+            c.workers_us,
+            p.load_generator_us
+        );
+    }
+    s
 }

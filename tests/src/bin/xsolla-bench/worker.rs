@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::{
     baseline::{self, DrainRun, Until},
-    proc::{Memory, Service, free_addr, sibling_binary},
+    proc::{Memory, Service, peaks, sibling_binary, start_ingress, start_workers, stop_all},
 };
 
 const SECRET: &str = "xsolla-bench-secret";
@@ -173,31 +173,14 @@ impl WorkerBench {
         inventory: &InventoryHandle,
         count: usize,
     ) -> anyhow::Result<Vec<Service>> {
-        let mut running = Vec::new();
-        for _ in 0..count {
-            let listen = free_addr()?;
-            let env = [
-                ("AMQP_URL", url.to_owned()),
-                ("INVENTORY_URL", inventory.url()),
-                ("WORKER_LISTEN", listen.clone()),
-                ("WORKER_CONCURRENCY", self.worker_concurrency.to_string()),
-            ];
-            match Service::start(
-                "worker",
-                &self.worker_bin,
-                &env,
-                &format!("http://{listen}/readyz"),
-            )
-            .await
-            {
-                Ok(s) => running.push(s),
-                Err(e) => {
-                    stop_all(running).await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(running)
+        start_workers(
+            &self.worker_bin,
+            url,
+            &inventory.url(),
+            count,
+            self.worker_concurrency,
+        )
+        .await
     }
 
     async fn end_to_end(
@@ -209,19 +192,7 @@ impl WorkerBench {
         concurrency: usize,
         duration: Duration,
     ) -> anyhow::Result<EndToEnd> {
-        let listen = free_addr()?;
-        let env = [
-            ("INGRESS_LISTEN", listen.clone()),
-            ("XSOLLA_WEBHOOK_SECRET", SECRET.to_owned()),
-            ("AMQP_URL", url.to_owned()),
-        ];
-        let ingress = Service::start(
-            "ingress",
-            &self.ingress_bin,
-            &env,
-            &format!("http://{listen}/readyz"),
-        )
-        .await?;
+        let (ingress, webhook_url) = start_ingress(&self.ingress_bin, url, SECRET).await?;
         let running = match self.start_workers(url, inventory, workers).await {
             Ok(r) => r,
             Err(e) => {
@@ -229,14 +200,7 @@ impl WorkerBench {
                 return Err(e);
             }
         };
-        let measured = pipeline(
-            &format!("http://{listen}/webhooks/xsolla"),
-            inventory,
-            template,
-            concurrency,
-            duration,
-        )
-        .await;
+        let measured = pipeline(&webhook_url, inventory, template, concurrency, duration).await;
         let ingress_memory = ingress.memory().unwrap_or_default();
         let worker_peak_rss_mib = peaks(&running);
         stop_all(running).await;
@@ -318,17 +282,4 @@ async fn pipeline(
     };
     let (_, latency) = tokio::join!(sim::load::run(&sender, template, SECRET, &half), probes);
     Ok((load, grants_per_s, latency?))
-}
-
-fn peaks(services: &[Service]) -> Vec<f64> {
-    services
-        .iter()
-        .map(|s| s.memory().map(|m| m.peak_rss_mib).unwrap_or(0.0))
-        .collect()
-}
-
-async fn stop_all(services: Vec<Service>) {
-    for s in services {
-        s.stop().await;
-    }
 }
