@@ -220,7 +220,7 @@ async fn fulfil(
 
 /// The grant or revocation in a body, or why there is none.
 pub fn read(mode: FulfilmentMode, body: &[u8]) -> Result<Fulfilment, WebhookError> {
-    let (value, _) = webhook::parse(body)?;
+    let value = webhook::parse_value(body)?;
     mode.fulfilment(&value)
 }
 

@@ -55,8 +55,18 @@ pub struct Summary {
 /// tree (the worker reads items from it) and the [`Summary`].
 pub fn parse(body: &[u8]) -> Result<(Value, Summary), WebhookError> {
     let summary = summarize(body)?;
-    let value = serde_json::from_slice(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
-    Ok((value, summary))
+    Ok((parse_value(body)?, summary))
+}
+
+/// Parses `body` as a JSON object into the full tree only (what the worker reads items
+/// from), without the [`Summary`]: one pass over the bytes instead of two.
+pub fn parse_value(body: &[u8]) -> Result<Value, WebhookError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(WebhookError::NotJson("top level is not an object".into()));
+    }
+    Ok(value)
 }
 
 /// Reads only the [`Summary`] (what the ingress needs), checking that `body` is one
