@@ -4,10 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-// mimalloc: small per-delivery allocations (headers, JSON, HTTP) dominate; see BENCHMARKS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "worker",
