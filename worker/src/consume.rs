@@ -14,7 +14,7 @@ use futures_lite::{FutureExt, StreamExt};
 use lapin::{
     Channel, Consumer,
     message::Delivery,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use shared::{
@@ -25,7 +25,7 @@ use shared::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    outcome::{Settled, settle},
+    outcome::{Settled, requeue, settle},
     process::{Context, Message, process},
 };
 
@@ -187,11 +187,7 @@ async fn handle(ctx: Arc<Context>, link: Link, publish_timeout: Duration, delive
         },
         Err(_) => {
             tracing::error!("processing panicked; requeueing the delivery");
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            let _ = delivery.acker.nack(requeue).await;
+            requeue(&delivery, publish_timeout).await;
             "requeued"
         }
     };

@@ -44,7 +44,7 @@ pub async fn settle(
     outcome: &Outcome,
 ) -> Settled {
     let target = match outcome {
-        Outcome::Done => return ack(delivery).await,
+        Outcome::Done => return ack(delivery, publish_timeout).await,
         Outcome::Retry {
             delay,
             attempts,
@@ -100,19 +100,12 @@ pub async fn settle(
                 }
                 Outcome::Done => {}
             }
-            ack(delivery).await
+            ack(delivery, publish_timeout).await
         }
         Err(error) => {
             tracing::warn!(%error, queue, "republish not confirmed; requeueing the delivery");
             link.report_error();
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            match delivery.acker.nack(requeue).await {
-                Ok(true) => Settled::Requeued,
-                _ => Settled::Abandoned,
-            }
+            requeue(delivery, publish_timeout).await
         }
     }
 }
@@ -129,16 +122,36 @@ async fn publish(
     publish_confirmed(session.channel(), "", queue, body, properties, timeout).await
 }
 
-async fn ack(delivery: &Delivery) -> Settled {
-    match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => Settled::Acked,
-        Ok(false) => Settled::Abandoned,
-        Err(error) => {
+// Acks and nacks get a deadline too: when the connection dies under them, lapin's futures
+// may never resolve, and a task stuck there would hold its prefetch slot (and the
+// in-flight gauge) for the life of the process. On a deadline the delivery is left to the
+// broker, which redelivers it once the channel is gone; the idempotency key makes that safe.
+async fn ack(delivery: &Delivery, timeout: Duration) -> Settled {
+    match tokio::time::timeout(timeout, delivery.acker.ack(BasicAckOptions::default())).await {
+        Ok(Ok(true)) => Settled::Acked,
+        Ok(Ok(false)) => Settled::Abandoned,
+        Ok(Err(error)) => {
             // The effect happened; the broker will redeliver and the idempotency key makes
             // the repeat harmless.
             tracing::warn!(%error, "ack failed; the broker will redeliver");
             Settled::Abandoned
         }
+        Err(_) => {
+            tracing::warn!(?timeout, "no ack completion; the broker will redeliver");
+            Settled::Abandoned
+        }
+    }
+}
+
+/// Hands the delivery back to the broker for redelivery (within `timeout`).
+pub async fn requeue(delivery: &Delivery, timeout: Duration) -> Settled {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    match tokio::time::timeout(timeout, delivery.acker.nack(options)).await {
+        Ok(Ok(true)) => Settled::Requeued,
+        _ => Settled::Abandoned,
     }
 }
 
