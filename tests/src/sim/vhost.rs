@@ -101,6 +101,17 @@ fn user_of(url: &str) -> String {
     }
 }
 
+/// Declares the bridge's default topology, as the ingress and the worker do at start-up, so a
+/// phase that runs before them (a baseline) finds the same exchange and queues.
+pub async fn declare_topology(amqp_url: &str) -> anyhow::Result<()> {
+    let connection = shared::amqp::connect(amqp_url, "xsolla-bench topology").await?;
+    let channel = connection.create_channel().await?;
+    let declared =
+        shared::topology::declare(&channel, &shared::topology::Topology::default()).await;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(declared?)
+}
+
 /// Drops every ready message in `queue`; returns how many.
 pub async fn purge(amqp_url: &str, queue: &str) -> anyhow::Result<u32> {
     let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Serialize;
-use shared::topology::{self, Topology, WORK_QUEUE};
+use shared::topology::WORK_QUEUE;
 use tests::sim::{
     self, Ids, Kind, LoadPlan, LoadReport, Overrides, Policy, Sender, Template, vhost,
 };
@@ -87,7 +87,8 @@ impl IngressBench {
         concurrency: usize,
         duration: Duration,
     ) -> anyhow::Result<IngressResult> {
-        declare(url).await?;
+        // The baseline runs before the ingress, which would declare it.
+        vhost::declare_topology(url).await?;
         let broker = listener_pid(amqp_port(url)).await;
         let template = Template::new(Kind::OrderPaid, &Overrides::default())?;
         let ids = Arc::new(Ids::new(sim::new_run_id()));
@@ -211,13 +212,4 @@ impl Phase<'_> {
         let half = sim::load::run(&sender, template, SECRET, &plan(Some(rate), duration)).await;
         Ok((full, half, cpu))
     }
-}
-
-/// The ingress declares the same topology at start; the baseline runs first, so it does.
-async fn declare(url: &str) -> anyhow::Result<()> {
-    let connection = shared::amqp::connect(url, "xsolla-bench topology").await?;
-    let channel = connection.create_channel().await?;
-    topology::declare(&channel, &Topology::default()).await?;
-    let _ = connection.close(200, "done".into()).await;
-    Ok(())
 }

@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use shared::topology::{self, Topology, WORK_QUEUE};
+use shared::topology::WORK_QUEUE;
 use tests::{
     inventory::{DemoInventory, InventoryConfig, InventoryHandle, Snapshot},
     sim::{
@@ -127,9 +127,7 @@ impl PipelineBench {
         concurrency: usize,
         duration: Duration,
     ) -> anyhow::Result<PipelineResult> {
-        let connection = shared::amqp::connect(url, "xsolla-bench topology").await?;
-        topology::declare(&connection.create_channel().await?, &Topology::default()).await?;
-        let _ = connection.close(200, "done".into()).await;
+        vhost::declare_topology(url).await?;
         let template = Template::new(Kind::OrderPaid, &Overrides::default())?;
         let ids = Arc::new(Ids::new(sim::new_run_id()));
         let publish =
