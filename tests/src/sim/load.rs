@@ -89,7 +89,8 @@ pub async fn run(
                 let (sender, slots, tally) = (sender.clone(), slots.clone(), tally.clone());
                 tasks.spawn(async move {
                     let delivery = sender.deliver_from(&webhook, at, Some(&slots)).await;
-                    tally.lock().expect("tally lock").record(&delivery);
+                    let settled = started.elapsed();
+                    tally.lock().expect("tally lock").record_at(&delivery, settled);
                 });
                 // Reap finished tasks as we go so a long run does not hold them all.
                 while tasks.try_join_next().is_some() {}
@@ -103,7 +104,8 @@ pub async fn run(
                     while Instant::now() < end {
                         let webhook = template.signed(&ids.next(), &secret);
                         let delivery = sender.deliver(&webhook).await;
-                        tally.lock().expect("tally lock").record(&delivery);
+                        let settled = started.elapsed();
+                        tally.lock().expect("tally lock").record_at(&delivery, settled);
                     }
                 });
             }

@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod lean;
 pub mod load;
 pub mod report;
 pub mod schedule;

@@ -28,6 +28,9 @@ pub struct Tally {
     pub waited_for_slot: u64,
     /// First send to acknowledgement, µs, acknowledged webhooks only.
     pub latency: Histogram<u64>,
+    /// The slowest acknowledgement and when (since the run's start) it came: tells a
+    /// one-off stall of the machine or broker from a slow service.
+    pub slowest: Option<(Duration, Duration)>,
 }
 
 impl Default for Tally {
@@ -40,11 +43,40 @@ impl Default for Tally {
             answers: Answers::default(),
             waited_for_slot: 0,
             latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds"),
+            slowest: None,
         }
     }
 }
 
 impl Tally {
+    /// Records a delivery that settled `at` after the run's start.
+    pub fn record_at(&mut self, delivery: &Delivery, at: Duration) {
+        if let Some(latency) = delivery.ack_latency
+            && self.slowest.is_none_or(|(slowest, _)| latency > slowest)
+        {
+            self.slowest = Some((latency, at));
+        }
+        self.record(delivery);
+    }
+
+    /// Adds another tally's counts (load tasks that tally alone, merged at the end).
+    pub fn merge(&mut self, other: &Tally) {
+        self.sent += other.sent;
+        self.acked += other.acked;
+        self.refused += other.refused;
+        self.gave_up += other.gave_up;
+        self.answers.add(&other.answers);
+        self.waited_for_slot += other.waited_for_slot;
+        self.latency
+            .add(&other.latency)
+            .expect("tallies share the histogram's bounds");
+        if let Some((latency, _)) = other.slowest
+            && self.slowest.is_none_or(|(slowest, _)| latency > slowest)
+        {
+            self.slowest = other.slowest;
+        }
+    }
+
     pub fn record(&mut self, delivery: &Delivery) {
         self.sent += 1;
         match delivery.outcome {
@@ -75,6 +107,15 @@ pub struct Answers {
 }
 
 impl Answers {
+    fn add(&mut self, other: &Answers) {
+        self.attempts += other.attempts;
+        self.status_2xx += other.status_2xx;
+        self.status_4xx += other.status_4xx;
+        self.status_5xx += other.status_5xx;
+        self.status_other += other.status_other;
+        self.no_answer += other.no_answer;
+    }
+
     fn count(&mut self, answer: &Answer) {
         self.attempts += 1;
         match answer.status() {
@@ -143,6 +184,8 @@ pub struct LoadReport {
     pub throughput: f64,
     /// First send to acknowledgement.
     pub latency_ms: Latency,
+    /// When the slowest acknowledgement came, seconds since the start.
+    pub slowest_at_s: Option<f64>,
 }
 
 impl LoadReport {
@@ -180,6 +223,7 @@ impl LoadReport {
                 0.0
             },
             latency_ms: Latency::from_histogram(&tally.latency),
+            slowest_at_s: tally.slowest.map(|(_, at)| at.as_secs_f64()),
         }
     }
 }
@@ -226,6 +270,9 @@ impl fmt::Display for LoadReport {
             "latency     p50 {:.2} ms · p90 {:.2} ms · p99 {:.2} ms · max {:.2} ms (first send → ack)",
             l.p50, l.p90, l.p99, l.max
         )?;
+        if let Some(at) = self.slowest_at_s {
+            write!(f, ", the max at {at:.2} s")?;
+        }
         if self.waited_for_slot > 0 {
             write!(
                 f,
@@ -261,7 +308,8 @@ mod tests {
     fn tallies_outcomes_answers_and_latency() {
         let mut t = Tally::default();
         for ms in 1..=100 {
-            t.record(&delivery(Outcome::Acknowledged, &[Some(204)], Some(ms)));
+            let d = delivery(Outcome::Acknowledged, &[Some(204)], Some(ms));
+            t.record_at(&d, Duration::from_millis(2 * ms));
         }
         t.record(&delivery(Outcome::Refused, &[Some(400)], None));
         t.record(&delivery(Outcome::GaveUp, &[Some(503), None], None));
@@ -292,9 +340,31 @@ mod tests {
         assert!((r.latency_ms.p50 - 50.0).abs() < 0.1, "{:?}", r.latency_ms);
         assert!((r.latency_ms.p99 - 99.0).abs() < 0.1);
         assert!((r.latency_ms.max - 100.0).abs() < 0.1);
+        assert_eq!(r.slowest_at_s, Some(0.2), "the 100 ms one settled at 200 ms");
         let text = r.to_string();
         assert!(text.contains("100 acknowledged"), "{text}");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["latency_ms"]["count"], 100);
+    }
+
+    #[test]
+    fn merged_tallies_add_up() {
+        let (mut a, mut b) = (Tally::default(), Tally::default());
+        let slow = delivery(Outcome::Acknowledged, &[Some(204)], Some(30));
+        a.record_at(&slow, Duration::from_secs(3));
+        b.record_at(
+            &delivery(Outcome::Acknowledged, &[Some(204)], Some(10)),
+            Duration::from_secs(1),
+        );
+        b.record(&delivery(Outcome::GaveUp, &[Some(503)], None));
+        b.waited_for_slot = 2;
+        a.merge(&b);
+        assert_eq!((a.sent, a.acked, a.gave_up, a.waited_for_slot), (3, 2, 1, 2));
+        assert_eq!((a.answers.status_2xx, a.answers.status_5xx), (2, 1));
+        assert_eq!(a.latency.len(), 2);
+        assert_eq!(
+            a.slowest,
+            Some((Duration::from_millis(30), Duration::from_secs(3)))
+        );
     }
 }

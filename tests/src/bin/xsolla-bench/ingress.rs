@@ -5,9 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Serialize;
 use shared::topology::WORK_QUEUE;
-use tests::sim::{
-    self, Ids, Kind, LoadPlan, LoadReport, Overrides, Policy, Sender, Template, vhost,
-};
+use tests::sim::{self, Ids, Kind, LoadPlan, LoadReport, Overrides, Template, lean, vhost};
 
 use crate::{
     baseline::{self, PublishRun, Until},
@@ -41,6 +39,10 @@ pub struct IngressResult {
     /// and machine give at that rate without the ingress.
     pub baseline_half_rate: PublishRun,
     pub ingress_memory: Memory,
+    /// Mean publish-to-confirm time inside the ingress at full load, from its own
+    /// `ingress_publish_confirm_seconds` histogram: set beside `baseline.latency_ms.mean`,
+    /// it splits the ingress's latency into the broker's part and its own.
+    pub ingress_confirm_mean_ms: f64,
     /// CPU per confirmed publish in the baseline phase (the machine has 2 cores in all).
     pub baseline_cpu: CpuPerItem,
     /// CPU per acknowledged webhook at full load.
@@ -130,7 +132,7 @@ impl IngressBench {
         let measured = phase.against(&ingress, &webhook_url).await;
         let memory = ingress.memory();
         ingress.stop().await;
-        let (full, half, ingress_cpu) = measured?;
+        let (full, half, ingress_cpu, ingress_confirm_mean_ms) = measured?;
         let memory = memory?;
         vhost::purge(url, WORK_QUEUE).await?;
         let rate = half.target_rate.unwrap_or(1.0);
@@ -161,6 +163,7 @@ impl IngressBench {
             half_rate: half,
             baseline_half_rate,
             ingress_memory: memory,
+            ingress_confirm_mean_ms,
         })
     }
 }
@@ -180,7 +183,7 @@ impl Phase<'_> {
         &self,
         ingress: &Service,
         webhook_url: &str,
-    ) -> anyhow::Result<(LoadReport, LoadReport, CpuPerItem)> {
+    ) -> anyhow::Result<(LoadReport, LoadReport, CpuPerItem, f64)> {
         let Phase {
             amqp_url,
             broker,
@@ -188,12 +191,7 @@ impl Phase<'_> {
             concurrency,
             duration,
         } = *self;
-        let sender = Sender::new(
-            webhook_url,
-            Policy::default(),
-            concurrency,
-            Duration::from_secs(10),
-        )?;
+        let target = lean::Target::new(webhook_url)?;
         let plan = |rate: Option<f64>, duration| LoadPlan {
             rate,
             duration,
@@ -201,15 +199,57 @@ impl Phase<'_> {
             run_id: sim::new_run_id(),
         };
         eprintln!("[2/4] ingress: closed loop, {concurrency} concurrent senders, {duration:?}");
-        sim::load::run(&sender, template, SECRET, &plan(None, WARM_UP)).await;
+        lean::run(&target, template, SECRET, &plan(None, WARM_UP)).await;
+        let confirms_before = ConfirmTotals::read(webhook_url).await?;
         let before = CpuSample::take(broker, Some(ingress));
-        let full = sim::load::run(&sender, template, SECRET, &plan(None, duration)).await;
+        let full = lean::run(&target, template, SECRET, &plan(None, duration)).await;
         let cpu = before.per_item_us(&CpuSample::take(broker, Some(ingress)), full.acked);
+        let confirms = ConfirmTotals::read(webhook_url).await?.since(&confirms_before);
         anyhow::ensure!(full.acked > 0, "the ingress acknowledged nothing:\n{full}");
         vhost::purge(amqp_url, WORK_QUEUE).await?;
         let rate = (full.throughput / 2.0).max(1.0);
         eprintln!("[3/4] ingress at half its maximum: open loop at {rate:.0}/s, {duration:?}");
-        let half = sim::load::run(&sender, template, SECRET, &plan(Some(rate), duration)).await;
-        Ok((full, half, cpu))
+        let half = lean::run(&target, template, SECRET, &plan(Some(rate), duration)).await;
+        Ok((full, half, cpu, confirms.mean_ms()))
+    }
+}
+
+/// The confirm-latency histogram's running totals, read from the ingress's `/metrics`.
+#[derive(Debug, Default)]
+struct ConfirmTotals {
+    seconds: f64,
+    count: f64,
+}
+
+impl ConfirmTotals {
+    async fn read(webhook_url: &str) -> anyhow::Result<ConfirmTotals> {
+        let url = webhook_url.replace("/webhooks/xsolla", "/metrics");
+        let text = reqwest::get(&url).await?.error_for_status()?.text().await?;
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains(r#"result="ack""#))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(ConfirmTotals {
+            seconds: value("ingress_publish_confirm_seconds_sum"),
+            count: value("ingress_publish_confirm_seconds_count"),
+        })
+    }
+
+    fn since(&self, before: &ConfirmTotals) -> ConfirmTotals {
+        ConfirmTotals {
+            seconds: self.seconds - before.seconds,
+            count: self.count - before.count,
+        }
+    }
+
+    fn mean_ms(&self) -> f64 {
+        if self.count > 0.0 {
+            1000.0 * self.seconds / self.count
+        } else {
+            0.0
+        }
     }
 }

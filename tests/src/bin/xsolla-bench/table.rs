@@ -41,6 +41,13 @@ pub fn ingress(r: &IngressResult) -> String {
         "| max latency (ms) | {:.2} | {:.2} | |",
         b.latency_ms.max, i.latency_ms.max
     );
+    let _ = writeln!(
+        s,
+        "| mean publish → confirm (ms) | {:.2} | {:.2} (inside the ingress) | {:.2} |",
+        b.latency_ms.mean,
+        r.ingress_confirm_mean_ms,
+        r.ingress_confirm_mean_ms / b.latency_ms.mean.max(f64::MIN_POSITIVE)
+    );
     let _ = writeln!(s, "| confirmed / acked | {} | {} | |", b.published, i.acked);
     let _ = writeln!(
         s,
