@@ -13,7 +13,7 @@ use shared::{signature, topology::WORK_QUEUE};
 use tests::{
     ingress_harness::RunningIngress,
     rabbit::TestVhost,
-    sim::{self, Kind, LoadPlan, Overrides, Policy, Sender, Template},
+    sim::{self, Kind, LoadPlan, Overrides, Policy, Sender, Template, lean},
 };
 use tokio::net::TcpListener;
 
@@ -176,6 +176,56 @@ async fn load_through_the_ingress_lands_every_acknowledged_webhook_in_the_work_q
         .wait_queue_len(WORK_QUEUE, report.acked, Duration::from_secs(10))
         .await
         .unwrap();
+    ingress.stop().await.unwrap();
+    vhost.delete().await.unwrap();
+}
+
+/// The benchmarks' lean generator: closed and open loop against the real ingress, every
+/// acknowledged webhook one message; with a wrong secret every answer is a 400 with a
+/// body, read off the same keep-alive connections (a body left unread would be taken for
+/// the next answer's head and fail it).
+#[tokio::test]
+async fn lean_load_counts_answers_like_the_sender_and_lands_every_acked_webhook() {
+    let vhost = TestVhost::create().await.unwrap();
+    let ingress = RunningIngress::start(&vhost.amqp_url(), &["--webhook-secret", SECRET])
+        .await
+        .unwrap();
+    let target = lean::Target::new(&ingress.url("/webhooks/xsolla")).unwrap();
+    let template = Template::new(Kind::OrderPaid, &Overrides::default()).unwrap();
+    let plan = |rate, ms| LoadPlan {
+        rate,
+        duration: Duration::from_millis(ms),
+        concurrency: 4,
+        run_id: sim::new_run_id(),
+    };
+
+    let closed = lean::run(&target, &template, SECRET, &plan(None, 300)).await;
+    assert!(closed.sent > 4, "{closed}");
+    assert_eq!(closed.acked, closed.sent, "{closed}");
+    assert_eq!(closed.answers.status_2xx, closed.sent);
+    let open = lean::run(&target, &template, SECRET, &plan(Some(200.0), 500)).await;
+    assert_eq!((open.sent, open.acked), (100, 100), "{open}");
+    assert!(open.slowest_at_s.is_some_and(|at| at < 1.0), "{open}");
+    vhost
+        .wait_queue_len(
+            WORK_QUEUE,
+            closed.acked + open.acked,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    let refused = lean::run(&target, &template, "wrong-secret", &plan(None, 200)).await;
+    assert!(refused.sent > 4, "{refused}");
+    assert_eq!(refused.refused, refused.sent, "{refused}");
+    assert_eq!(refused.answers.status_4xx, refused.sent, "{refused}");
+    assert_eq!(refused.answers.no_answer, 0, "{refused}");
+
+    assert!(lean::Target::new("https://127.0.0.1:1/x").is_err());
+    assert!(
+        lean::Target::new("http://localhost:8080/x").is_err(),
+        "no name lookup"
+    );
     ingress.stop().await.unwrap();
     vhost.delete().await.unwrap();
 }

@@ -49,9 +49,9 @@ impl Target {
             .strip_prefix("http://")
             .ok_or_else(|| anyhow::anyhow!("`{url}`: only http:// URLs"))?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let addr: SocketAddr = authority.parse().map_err(|_| {
-            anyhow::anyhow!("`{url}`: the host must be an IP address with a port")
-        })?;
+        let addr: SocketAddr = authority
+            .parse()
+            .map_err(|_| anyhow::anyhow!("`{url}`: the host must be an IP address with a port"))?;
         let path = if path.is_empty() { "/" } else { path };
         let head = format!(
             "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\n\
@@ -195,7 +195,12 @@ fn delivery(template: &Template, answer: Answer, planned: Instant, sent: Instant
 /// closed loop (each of `concurrency` connections sends its next webhook when its last
 /// one is answered) or open loop at `plan.rate` (latency from each planned start, at most
 /// `concurrency` in flight). Answers are counted as [`super::load::run`] counts them.
-pub async fn run(target: &Target, template: &Template, secret: &str, plan: &LoadPlan) -> LoadReport {
+pub async fn run(
+    target: &Target,
+    template: &Template,
+    secret: &str,
+    plan: &LoadPlan,
+) -> LoadReport {
     let ids = Arc::new(Ids::new(plan.run_id));
     let template = Arc::new(template.clone());
     let secret: Arc<str> = secret.into();
@@ -216,10 +221,8 @@ pub async fn run(target: &Target, template: &Template, secret: &str, plan: &Load
                         let sent = Instant::now();
                         let body = template.body(&ids.next());
                         let answer = connection.send(&target, &body, &secret).await;
-                        tally.record_at(
-                            &delivery(&template, answer, sent, sent),
-                            started.elapsed(),
-                        );
+                        tally
+                            .record_at(&delivery(&template, answer, sent, sent), started.elapsed());
                     }
                     tally
                 });
@@ -235,7 +238,9 @@ pub async fn run(target: &Target, template: &Template, secret: &str, plan: &Load
             let tally = Arc::new(Mutex::new(Tally::default()));
             let slots = Arc::new(Semaphore::new(concurrency));
             let idle = Arc::new(Mutex::new(
-                (0..concurrency).map(|_| Connection::new()).collect::<Vec<_>>(),
+                (0..concurrency)
+                    .map(|_| Connection::new())
+                    .collect::<Vec<_>>(),
             ));
             for i in 0u64.. {
                 let at = started + Duration::from_secs_f64(i as f64 / rate.max(f64::MIN_POSITIVE));
@@ -261,14 +266,16 @@ pub async fn run(target: &Target, template: &Template, secret: &str, plan: &Load
                     let delivery = delivery(&template, answer, at, sent);
                     idle.lock().expect("pool lock").push(connection);
                     let settled = started.elapsed();
-                    tally.lock().expect("tally lock").record_at(&delivery, settled);
+                    tally
+                        .lock()
+                        .expect("tally lock")
+                        .record_at(&delivery, settled);
                 });
                 // Reap finished tasks as we go so a long run does not hold them all.
                 while tasks.try_join_next().is_some() {}
             }
             while tasks.join_next().await.is_some() {}
-            let tally = tally.lock().expect("tally lock").clone();
-            tally
+            tally.lock().expect("tally lock").clone()
         }
     };
     LoadReport::new(

@@ -90,7 +90,10 @@ pub async fn run(
                 tasks.spawn(async move {
                     let delivery = sender.deliver_from(&webhook, at, Some(&slots)).await;
                     let settled = started.elapsed();
-                    tally.lock().expect("tally lock").record_at(&delivery, settled);
+                    tally
+                        .lock()
+                        .expect("tally lock")
+                        .record_at(&delivery, settled);
                 });
                 // Reap finished tasks as we go so a long run does not hold them all.
                 while tasks.try_join_next().is_some() {}
@@ -105,7 +108,10 @@ pub async fn run(
                         let webhook = template.signed(&ids.next(), &secret);
                         let delivery = sender.deliver(&webhook).await;
                         let settled = started.elapsed();
-                        tally.lock().expect("tally lock").record_at(&delivery, settled);
+                        tally
+                            .lock()
+                            .expect("tally lock")
+                            .record_at(&delivery, settled);
                     }
                 });
             }

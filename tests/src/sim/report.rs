@@ -340,7 +340,11 @@ mod tests {
         assert!((r.latency_ms.p50 - 50.0).abs() < 0.1, "{:?}", r.latency_ms);
         assert!((r.latency_ms.p99 - 99.0).abs() < 0.1);
         assert!((r.latency_ms.max - 100.0).abs() < 0.1);
-        assert_eq!(r.slowest_at_s, Some(0.2), "the 100 ms one settled at 200 ms");
+        assert_eq!(
+            r.slowest_at_s,
+            Some(0.2),
+            "the 100 ms one settled at 200 ms"
+        );
         let text = r.to_string();
         assert!(text.contains("100 acknowledged"), "{text}");
         let json = serde_json::to_value(&r).unwrap();
@@ -359,7 +363,10 @@ mod tests {
         b.record(&delivery(Outcome::GaveUp, &[Some(503)], None));
         b.waited_for_slot = 2;
         a.merge(&b);
-        assert_eq!((a.sent, a.acked, a.gave_up, a.waited_for_slot), (3, 2, 1, 2));
+        assert_eq!(
+            (a.sent, a.acked, a.gave_up, a.waited_for_slot),
+            (3, 2, 1, 2)
+        );
         assert_eq!((a.answers.status_2xx, a.answers.status_5xx), (2, 1));
         assert_eq!(a.latency.len(), 2);
         assert_eq!(

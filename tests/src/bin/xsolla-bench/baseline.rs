@@ -212,8 +212,36 @@ pub async fn publish_at_rate(
 pub struct DrainRun {
     pub messages: u64,
     pub elapsed_s: f64,
-    /// Messages settled per second.
+    /// Messages settled per second, start to last.
     pub rate: f64,
+    /// Messages per second between the 10 % and the 90 % marks: the steady state, without
+    /// the start (connect, declare, prefetch filling) and the tail (the last few
+    /// messages spread over fewer consumers).
+    pub steady_rate: f64,
+}
+
+/// The two marks [`DrainRun::steady_rate`] is timed between, for `count` messages.
+pub fn steady_marks(count: u64) -> (u64, u64) {
+    (count / 10, count - count / 10)
+}
+
+impl DrainRun {
+    /// `first`/`last`: when the [`steady_marks`] were reached.
+    pub fn new(count: u64, started: Instant, (first, last): (Instant, Instant)) -> DrainRun {
+        let elapsed_s = started.elapsed().as_secs_f64();
+        let (a, b) = steady_marks(count);
+        let window = (last - first).as_secs_f64();
+        DrainRun {
+            messages: count,
+            elapsed_s,
+            rate: count as f64 / elapsed_s,
+            steady_rate: if window > 0.0 {
+                (b - a) as f64 / window
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 /// Consumes `count` messages from the work queue with manual acks and `prefetch`
@@ -240,7 +268,14 @@ pub async fn consume_and_ack(
         )
         .await?;
     let mut acks = JoinSet::new();
+    let marks = steady_marks(count);
+    let (mut first, mut last) = (started, started);
     for received in 0..count {
+        if received == marks.0 {
+            first = Instant::now();
+        } else if received == marks.1 {
+            last = Instant::now();
+        }
         let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
             .map_err(|_| anyhow::anyhow!("no delivery for 30 s after {received} of {count}"))?
@@ -251,11 +286,7 @@ pub async fn consume_and_ack(
     while let Some(acked) = acks.join_next().await {
         acked??;
     }
-    let elapsed_s = started.elapsed().as_secs_f64();
+    let run = DrainRun::new(count, started, (first, last));
     let _ = connection.close(200, "done".into()).await;
-    Ok(DrainRun {
-        messages: count,
-        elapsed_s,
-        rate: count as f64 / elapsed_s,
-    })
+    Ok(run)
 }

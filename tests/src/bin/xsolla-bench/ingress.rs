@@ -204,7 +204,9 @@ impl Phase<'_> {
         let before = CpuSample::take(broker, Some(ingress));
         let full = lean::run(&target, template, SECRET, &plan(None, duration)).await;
         let cpu = before.per_item_us(&CpuSample::take(broker, Some(ingress)), full.acked);
-        let confirms = ConfirmTotals::read(webhook_url).await?.since(&confirms_before);
+        let confirms = ConfirmTotals::read(webhook_url)
+            .await?
+            .since(&confirms_before);
         anyhow::ensure!(full.acked > 0, "the ingress acknowledged nothing:\n{full}");
         vhost::purge(amqp_url, WORK_QUEUE).await?;
         let rate = (full.throughput / 2.0).max(1.0);

@@ -10,9 +10,7 @@ use serde::Serialize;
 use shared::topology::WORK_QUEUE;
 use tests::{
     inventory::{DemoInventory, InventoryConfig, InventoryHandle, Snapshot},
-    sim::{
-        self, Ids, Kind, Latency, LoadPlan, LoadReport, Overrides, Policy, Sender, Template, vhost,
-    },
+    sim::{self, Ids, Kind, Latency, LoadPlan, LoadReport, Overrides, Template, lean, vhost},
 };
 use tokio::time::Instant;
 
@@ -164,12 +162,7 @@ impl PipelineBench {
         let run = Run {
             inventory,
             template: &template,
-            sender: Sender::new(
-                &webhook_url,
-                Policy::default(),
-                concurrency,
-                Duration::from_secs(10),
-            )?,
+            target: lean::Target::new(&webhook_url)?,
             broker: listener_pid(amqp_port(url)).await,
             ingress: &ingress,
             workers: &workers,
@@ -207,7 +200,7 @@ impl PipelineBench {
 struct Run<'a> {
     inventory: &'a InventoryHandle,
     template: &'a Template,
-    sender: Sender,
+    target: lean::Target,
     broker: Option<String>,
     ingress: &'a Service,
     workers: &'a [Service],
@@ -254,7 +247,7 @@ impl Run<'_> {
         }
         let (cpu_before, workers_before) = self.cpu();
         let started = Instant::now();
-        let load = sim::load::run(&self.sender, self.template, SECRET, &plan);
+        let load = lean::run(&self.target, self.template, SECRET, &plan);
         let (load, granted) = match rate {
             Some(rate) => {
                 let mut tracker = Tracker::new(&plan, rate, started);
@@ -324,7 +317,7 @@ struct Granted {
 }
 
 /// Follows an open-loop phase's webhooks into the inventory: which are granted, and how
-/// long after the planned send. `sim::load::run` gives its i-th webhook (from 0) the id
+/// long after the planned send. `lean::run` gives its i-th webhook (from 0) the id
 /// `run_id × 10⁹ + i + 1` and plans it at `start + i / rate`, so no per-webhook record
 /// needs to pass between the two; `start` is taken just before the run begins, which
 /// lengthens each latency by a few µs at most.
@@ -343,7 +336,7 @@ struct Tracker {
 
 impl Tracker {
     fn new(plan: &LoadPlan, rate: f64, start: Instant) -> Tracker {
-        // As many as the load will start: the same float arithmetic as `sim::load::run`.
+        // As many as the load will start: the same float arithmetic as `lean::run`.
         let total = (0u64..)
             .take_while(|&i| Duration::from_secs_f64(i as f64 / rate) < plan.duration)
             .count();

@@ -113,18 +113,23 @@ pub fn worker(r: &WorkerResult) -> String {
         "### Worker drain vs plain consume-and-ack ({} messages, prefetch/concurrency {})\n",
         r.messages, r.worker_concurrency
     );
-    let _ = writeln!(s, "| | messages/s | / raw | peak RSS (MiB) |");
-    let _ = writeln!(s, "|---|---:|---:|---|");
     let _ = writeln!(
         s,
-        "| raw consume-and-ack (lapin) | {:.0} | 1.00 | |",
-        raw.rate
+        "| | steady messages/s (10 → 90 %) | / raw | whole drain messages/s | / raw | peak RSS (MiB) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "| raw consume-and-ack (lapin) | {:.0} | 1.00 | {:.0} | 1.00 | |",
+        raw.steady_rate, raw.rate
     );
     for d in [&r.one_worker, &r.two_workers] {
         let _ = writeln!(
             s,
-            "| {} worker(s) → demo inventory (grants/s) | {:.0} | {:.2} | {:?} |",
+            "| {} worker(s) → demo inventory (grants/s) | {:.0} | {:.2} | {:.0} | {:.2} | {:?} |",
             d.workers,
+            d.run.steady_rate,
+            d.steady_ratio_to_raw,
             d.run.rate,
             d.ratio_to_raw,
             rounded(&d.peak_rss_mib)

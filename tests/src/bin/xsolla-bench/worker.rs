@@ -9,7 +9,8 @@ use shared::topology::WORK_QUEUE;
 use tests::{
     inventory::{DemoInventory, InventoryConfig, InventoryHandle},
     sim::{
-        self, Ids, Kind, Latency, LoadPlan, LoadReport, Overrides, Policy, Sender, Template, vhost,
+        self, Ids, Kind, Latency, LoadPlan, LoadReport, Overrides, Policy, Sender, Template, lean,
+        vhost,
     },
 };
 use tokio::time::Instant;
@@ -55,8 +56,10 @@ pub struct WorkerResult {
 pub struct Drain {
     pub workers: usize,
     pub run: DrainRun,
-    /// Ratio to the raw consume-and-ack rate.
+    /// Ratio to the raw consume-and-ack rate, start to last message.
     pub ratio_to_raw: f64,
+    /// Ratio of the steady rates (10 % to 90 % of the messages): the target.
+    pub steady_ratio_to_raw: f64,
     pub peak_rss_mib: Vec<f64>,
 }
 
@@ -121,21 +124,15 @@ impl WorkerBench {
             // Timed from the spawn: start-up (~0.1 s) counts, like the raw consumer's connect.
             let started = Instant::now();
             let running = self.start_workers(url, inventory, workers).await?;
-            let done = inventory
-                .wait_for(|s| s.grants.len() as u64 >= n, Duration::from_secs(600))
-                .await;
-            let elapsed_s = started.elapsed().as_secs_f64();
+            let drained = drain_marks(inventory, n).await;
+            let run = drained.map(|marks| DrainRun::new(n, started, marks));
             let peak_rss_mib = peaks(&running);
             stop_all(running).await;
-            done?;
-            let run = DrainRun {
-                messages: n,
-                elapsed_s,
-                rate: n as f64 / elapsed_s,
-            };
+            let run = run?;
             drains.push(Drain {
                 workers,
                 ratio_to_raw: run.rate / raw.rate,
+                steady_ratio_to_raw: run.steady_rate / raw.steady_rate,
                 run,
                 peak_rss_mib,
             });
@@ -215,6 +212,31 @@ impl WorkerBench {
     }
 }
 
+/// Waits until the inventory holds all `n` grants; when it reached each steady mark.
+async fn drain_marks(inventory: &InventoryHandle, n: u64) -> anyhow::Result<(Instant, Instant)> {
+    let within = Duration::from_secs(600);
+    let mut marks = Vec::new();
+    let (a, b) = baseline::steady_marks(n);
+    for mark in [a, b, n] {
+        // Timed inside the condition: `wait_for` clones the state when it holds.
+        let mut at = None;
+        inventory
+            .wait_for(
+                |s| {
+                    let reached = s.grants.len() as u64 >= mark;
+                    if reached && at.is_none() {
+                        at = Some(Instant::now());
+                    }
+                    reached
+                },
+                within,
+            )
+            .await?;
+        marks.push(at.unwrap_or_else(Instant::now));
+    }
+    Ok((marks[0], marks[1]))
+}
+
 /// Full load, then half-rate load with latency probes.
 async fn pipeline(
     webhook_url: &str,
@@ -223,12 +245,7 @@ async fn pipeline(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<(LoadReport, f64, Latency)> {
-    let sender = Sender::new(
-        webhook_url,
-        Policy::default(),
-        concurrency,
-        Duration::from_secs(10),
-    )?;
+    let target = lean::Target::new(webhook_url)?;
     let plan = |rate| LoadPlan {
         rate,
         duration,
@@ -236,7 +253,7 @@ async fn pipeline(
         run_id: sim::new_run_id(),
     };
     let started = Instant::now();
-    let load = sim::load::run(&sender, template, SECRET, &plan(None)).await;
+    let load = lean::run(&target, template, SECRET, &plan(None)).await;
     let acked = load.acked as usize;
     inventory
         .wait_for(|s| s.grants.len() >= acked, Duration::from_secs(600))
@@ -278,6 +295,6 @@ async fn pipeline(
         }
         anyhow::Ok(Latency::from_histogram(&histogram))
     };
-    let (_, latency) = tokio::join!(sim::load::run(&sender, template, SECRET, &half), probes);
+    let (_, latency) = tokio::join!(lean::run(&target, template, SECRET, &half), probes);
     Ok((load, grants_per_s, latency?))
 }
