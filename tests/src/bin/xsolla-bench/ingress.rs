@@ -10,7 +10,7 @@ use tests::sim::{self, Ids, Kind, LoadPlan, LoadReport, Overrides, Template, lea
 use crate::{
     baseline::{self, PublishRun, Until},
     proc::{
-        CpuPerItem, CpuSample, Memory, Service, amqp_port, listener_pid, sibling_binary,
+        CpuPerItem, CpuSample, Memory, Service, amqp_port, free_addr, listener_pid, sibling_binary,
         start_ingress,
     },
 };
@@ -25,6 +25,10 @@ pub struct IngressBench {
     /// The ingress binary to measure.
     #[arg(long, default_value_os_t = sibling_binary("ingress"))]
     ingress_bin: PathBuf,
+    /// The bare HTTP → confirmed-publish relay measured beside it (the ceiling of any HTTP
+    /// ingress on this machine).
+    #[arg(long, default_value_os_t = sibling_binary("bare-relay"))]
+    relay_bin: PathBuf,
 }
 
 /// Everything measured.
@@ -39,6 +43,9 @@ pub struct IngressResult {
     /// and machine give at that rate without the ingress.
     pub baseline_half_rate: PublishRun,
     pub ingress_memory: Memory,
+    /// `bare-relay` (HTTP in, the same confirmed publish, nothing else) at full load.
+    pub relay: LoadReport,
+    pub relay_cpu: CpuPerItem,
     /// Mean publish-to-confirm time inside the ingress at full load, from its own
     /// `ingress_publish_confirm_seconds` histogram: set beside `baseline.latency_ms.mean`,
     /// it splits the ingress's latency into the broker's part and its own.
@@ -55,6 +62,10 @@ pub struct IngressResult {
 pub struct Ratios {
     /// Ingress acknowledged/s ÷ baseline confirmed/s.
     pub throughput: f64,
+    /// Bare relay acknowledged/s ÷ baseline confirmed/s: the most an HTTP ingress reaches.
+    pub relay_throughput: f64,
+    /// Ingress ÷ bare relay: what our own code costs on top of HTTP and the publish.
+    pub ingress_to_relay: f64,
     /// Ingress p50 ÷ baseline p50 at full load.
     pub p50: f64,
     pub p99: f64,
@@ -95,7 +106,7 @@ impl IngressBench {
         let template = Template::new(Kind::OrderPaid, &Overrides::default())?;
         let ids = Arc::new(Ids::new(sim::new_run_id()));
 
-        eprintln!("[1/4] baseline: lapin confirmed publisher, {concurrency} tasks, {duration:?}");
+        eprintln!("[1/5] baseline: lapin confirmed publisher, {concurrency} tasks, {duration:?}");
         baseline::publish(
             url,
             &template,
@@ -136,10 +147,17 @@ impl IngressBench {
         let memory = memory?;
         vhost::purge(url, WORK_QUEUE).await?;
         let rate = half.target_rate.unwrap_or(1.0);
-        eprintln!("[4/4] baseline at the same rate: open loop at {rate:.0}/s, {duration:?}");
+        eprintln!("[4/5] baseline at the same rate: open loop at {rate:.0}/s, {duration:?}");
+        let at_rate = (rate, concurrency);
+        baseline::publish_at_rate(url, &template, SECRET, ids.clone(), at_rate, WARM_UP).await?;
         let baseline_half_rate =
             baseline::publish_at_rate(url, &template, SECRET, ids, (rate, concurrency), duration)
                 .await?;
+        vhost::purge(url, WORK_QUEUE).await?;
+        eprintln!(
+            "[5/5] bare relay (HTTP → confirmed publish, nothing else): closed loop, {duration:?}"
+        );
+        let (relay, relay_cpu) = phase.relay(&self.relay_bin).await?;
         vhost::purge(url, WORK_QUEUE).await?;
 
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -148,6 +166,8 @@ impl IngressBench {
             duration_s: duration.as_secs_f64(),
             ratios: Ratios {
                 throughput: ratio(full.throughput, baseline.throughput),
+                relay_throughput: ratio(relay.throughput, baseline.throughput),
+                ingress_to_relay: ratio(full.throughput, relay.throughput),
                 p50: ratio(full.latency_ms.p50, baseline.latency_ms.p50),
                 p99: ratio(full.latency_ms.p99, baseline.latency_ms.p99),
             },
@@ -164,6 +184,8 @@ impl IngressBench {
             baseline_half_rate,
             ingress_memory: memory,
             ingress_confirm_mean_ms,
+            relay,
+            relay_cpu,
         })
     }
 }
@@ -198,7 +220,7 @@ impl Phase<'_> {
             concurrency,
             run_id: sim::new_run_id(),
         };
-        eprintln!("[2/4] ingress: closed loop, {concurrency} concurrent senders, {duration:?}");
+        eprintln!("[2/5] ingress: closed loop, {concurrency} concurrent senders, {duration:?}");
         lean::run(&target, template, SECRET, &plan(None, WARM_UP)).await;
         let confirms_before = ConfirmTotals::read(webhook_url).await?;
         let before = CpuSample::take(broker, Some(ingress));
@@ -210,9 +232,42 @@ impl Phase<'_> {
         anyhow::ensure!(full.acked > 0, "the ingress acknowledged nothing:\n{full}");
         vhost::purge(amqp_url, WORK_QUEUE).await?;
         let rate = (full.throughput / 2.0).max(1.0);
-        eprintln!("[3/4] ingress at half its maximum: open loop at {rate:.0}/s, {duration:?}");
+        eprintln!("[3/5] ingress at half its maximum: open loop at {rate:.0}/s, {duration:?}");
+        // The same unmeasured lead-in as the other phases, at the phase's rate: the broker
+        // is still cleaning up after the purge of phase 2's messages.
+        lean::run(&target, template, SECRET, &plan(Some(rate), WARM_UP)).await;
         let half = lean::run(&target, template, SECRET, &plan(Some(rate), duration)).await;
         Ok((full, half, cpu, confirms.mean_ms()))
+    }
+}
+
+impl Phase<'_> {
+    /// The bare relay under the same closed loop as the ingress in phase 2.
+    async fn relay(&self, bin: &std::path::Path) -> anyhow::Result<(LoadReport, CpuPerItem)> {
+        let listen = free_addr()?;
+        let env = [
+            ("RELAY_LISTEN", listen.clone()),
+            ("AMQP_URL", self.amqp_url.to_owned()),
+        ];
+        let ready = format!("http://{listen}/readyz");
+        let relay = Service::start("bare-relay", bin, &env, &ready).await?;
+        let target = lean::Target::new(&format!("http://{listen}/webhooks/xsolla"))?;
+        let plan = |duration| LoadPlan {
+            rate: None,
+            duration,
+            concurrency: self.concurrency,
+            run_id: sim::new_run_id(),
+        };
+        lean::run(&target, self.template, SECRET, &plan(WARM_UP)).await;
+        let before = CpuSample::take(self.broker, Some(&relay));
+        let report = lean::run(&target, self.template, SECRET, &plan(self.duration)).await;
+        let cpu = before.per_item_us(&CpuSample::take(self.broker, Some(&relay)), report.acked);
+        relay.stop().await;
+        anyhow::ensure!(
+            report.acked > 0,
+            "the bare relay acknowledged nothing:\n{report}"
+        );
+        Ok((report, cpu))
     }
 }
 

@@ -37,6 +37,13 @@ pub struct WorkerBench {
     /// WORKER_CONCURRENCY of each worker, also the raw consumer's prefetch.
     #[arg(long, default_value_t = 16)]
     worker_concurrency: u16,
+    /// Drain rounds (raw, 1 worker, 2 workers each); ratios are reported per round and
+    /// as medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Only the drains: skip the end-to-end phases (for A/B runs of worker builds).
+    #[arg(long)]
+    drains_only: bool,
 }
 
 /// Everything measured.
@@ -44,11 +51,33 @@ pub struct WorkerBench {
 pub struct WorkerResult {
     pub messages: u64,
     pub worker_concurrency: u16,
+    pub rounds: Vec<Round>,
+    /// Median over the rounds of the raw consumer's whole-drain rate.
+    pub median_raw_rate: f64,
+    /// Medians over the rounds of 1 and 2 workers' steady ratios to raw: the target.
+    pub median_steady_ratio: [f64; 2],
+    /// The same for whole drains.
+    pub median_ratio: [f64; 2],
+    pub end_to_end: Vec<EndToEnd>,
+}
+
+/// The three drains of one round.
+#[derive(Debug, Serialize)]
+pub struct Round {
     /// Plain lapin consumer, prefetch = worker concurrency, acking at once.
-    pub raw_consume_ack: DrainRun,
+    pub raw: DrainRun,
     pub one_worker: Drain,
     pub two_workers: Drain,
-    pub end_to_end: Vec<EndToEnd>,
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Workers draining a pre-filled queue into the inventory.
@@ -106,21 +135,61 @@ impl WorkerBench {
         let ids = Arc::new(Ids::new(sim::new_run_id()));
         let n = self.messages;
 
-        eprintln!(
-            "[1/5] raw consume-and-ack of {n} messages, prefetch {}",
-            self.worker_concurrency
-        );
-        baseline::publish(url, &template, SECRET, ids.clone(), 64, Until::Count(n)).await?;
-        let raw = baseline::consume_and_ack(url, self.worker_concurrency, n).await?;
-
-        let mut drains = Vec::new();
-        for workers in [1, 2] {
+        let mut rounds = Vec::new();
+        for round in 1..=self.rounds {
             eprintln!(
-                "[{}/5] {workers} worker(s) draining {n} queued order_paid",
-                workers + 1
+                "[drain {round}/{}] raw consume-and-ack, then 1 and 2 workers, {n} messages each",
+                self.rounds
+            );
+            rounds.push(self.drain_round(url, inventory, &template, &ids).await?);
+        }
+        vhost::purge(url, WORK_QUEUE).await?;
+        let mut end_to_end = Vec::new();
+        for workers in [1, 2].into_iter().filter(|_| !self.drains_only) {
+            eprintln!(
+                "[end to end {workers}/2] {workers} worker(s): ingress load, {concurrency} senders, {duration:?}"
             );
             inventory.reset();
-            baseline::publish(url, &template, SECRET, ids.clone(), 64, Until::Count(n)).await?;
+            end_to_end.push(
+                self.end_to_end(url, inventory, workers, &template, concurrency, duration)
+                    .await?,
+            );
+        }
+        let medians = |pick: fn(&Round) -> f64| median(rounds.iter().map(pick).collect());
+        Ok(WorkerResult {
+            messages: n,
+            worker_concurrency: self.worker_concurrency,
+            median_raw_rate: medians(|r| r.raw.rate),
+            median_steady_ratio: [
+                medians(|r| r.one_worker.steady_ratio_to_raw),
+                medians(|r| r.two_workers.steady_ratio_to_raw),
+            ],
+            median_ratio: [
+                medians(|r| r.one_worker.ratio_to_raw),
+                medians(|r| r.two_workers.ratio_to_raw),
+            ],
+            rounds,
+            end_to_end,
+        })
+    }
+
+    /// One round: the raw consumer, then 1, then 2 workers, each draining `messages`
+    /// freshly queued ones. Rounds interleave the three so drift of the shared machine
+    /// (the broker's WAL roll-overs, other load) spreads over all of them alike.
+    async fn drain_round(
+        &self,
+        url: &str,
+        inventory: &InventoryHandle,
+        template: &Template,
+        ids: &Arc<Ids>,
+    ) -> anyhow::Result<Round> {
+        let n = self.messages;
+        baseline::publish(url, template, SECRET, ids.clone(), 64, Until::Count(n)).await?;
+        let raw = baseline::consume_and_ack(url, self.worker_concurrency, n).await?;
+        let mut drains = Vec::new();
+        for workers in [1, 2] {
+            inventory.reset();
+            baseline::publish(url, template, SECRET, ids.clone(), 64, Until::Count(n)).await?;
             // Timed from the spawn: start-up (~0.1 s) counts, like the raw consumer's connect.
             let started = Instant::now();
             let running = self.start_workers(url, inventory, workers).await?;
@@ -137,28 +206,11 @@ impl WorkerBench {
                 peak_rss_mib,
             });
         }
-        vhost::purge(url, WORK_QUEUE).await?;
-
-        let mut end_to_end = Vec::new();
-        for workers in [1, 2] {
-            eprintln!(
-                "[{}/5] end to end with {workers} worker(s): ingress load, {concurrency} senders, {duration:?}",
-                workers + 3
-            );
-            inventory.reset();
-            end_to_end.push(
-                self.end_to_end(url, inventory, workers, &template, concurrency, duration)
-                    .await?,
-            );
-        }
         let mut drains = drains.into_iter();
-        Ok(WorkerResult {
-            messages: n,
-            worker_concurrency: self.worker_concurrency,
-            raw_consume_ack: raw,
+        Ok(Round {
+            raw,
             one_worker: drains.next().expect("two drains"),
             two_workers: drains.next().expect("two drains"),
-            end_to_end,
         })
     }
 
@@ -297,4 +349,16 @@ async fn pipeline(
     };
     let (_, latency) = tokio::join!(lean::run(&target, template, SECRET, &half), probes);
     Ok((load, grants_per_s, latency?))
+}
+
+#[cfg(test)]
+mod unit {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![0.7, 0.5, 0.6]), 0.6);
+        assert_eq!(median(vec![0.8, 0.5, 0.6, 0.7]), 0.65);
+        assert_eq!(median(vec![]), 0.0);
+    }
 }

@@ -1,0 +1,89 @@
+//! `bare-relay`: the least an HTTP → RabbitMQ service can do and still answer only after
+//! the broker's confirm. It is a measuring stick for `xsolla-bench ingress`, not a product:
+//! no signature check, no JSON, no allowlist, no logs, no metrics, no reconnects.
+//!
+//! Each POST's body is published like the ingress publishes it (persistent, `mandatory`,
+//! the same headers, one confirm-mode channel) and answered 204 after the confirm, 503
+//! otherwise. The benchmark runs it beside the ingress: what it reaches is what any HTTP
+//! ingress on top of lapin can reach on the same machine, so the ingress's distance to it
+//! is the cost of our own code, and its distance to the bare publisher is the cost of HTTP.
+//!
+//! Environment: `RELAY_LISTEN` (host:port) and `AMQP_URL`. `GET /readyz` answers 200.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    routing::{get, post},
+};
+use lapin::{Channel, options::ConfirmSelectOptions, types::FieldTable};
+use shared::{
+    envelope::{self, HeadersExt, header},
+    publish::publish_confirmed,
+    topology::EXCHANGE,
+};
+
+// The same allocator as the ingress, so the comparison is of the code, not of malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const KIND: &str = "order_paid";
+
+struct Relay {
+    channel: Channel,
+    next_id: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let env =
+        |name: &str| std::env::var(name).map_err(|_| anyhow::anyhow!("bare-relay: set {name}"));
+    let (listen, amqp_url) = (env("RELAY_LISTEN")?, env("AMQP_URL")?);
+    let connection = shared::amqp::connect(&amqp_url, "xsolla-bench bare relay").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let relay = Arc::new(Relay {
+        channel,
+        next_id: AtomicU64::new(1),
+    });
+    let app = Router::new()
+        .route("/webhooks/xsolla", post(publish))
+        .route("/readyz", get(|| async { StatusCode::OK }))
+        .with_state(relay);
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn publish(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let signature = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mut table = FieldTable::default();
+    table
+        .set_str(header::NOTIFICATION_TYPE, KIND)
+        .set_str(header::ROUTING_KEY, KIND)
+        .set_str(header::SIGNATURE, signature)
+        .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
+        .set_int(header::ATTEMPTS, 0)
+        .set_str(header::TRACEPARENT, &envelope::new_traceparent());
+    let id = relay.next_id.fetch_add(1, Ordering::Relaxed);
+    let properties = envelope::properties(&format!("{KIND}:relay-{id}"), table);
+    let timeout = Duration::from_secs(10);
+    match publish_confirmed(&relay.channel, EXCHANGE, KIND, &body, properties, timeout).await {
+        Ok(()) => StatusCode::NO_CONTENT,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
