@@ -8,7 +8,7 @@ use shared::{
     envelope::{
         HeadersExt, header, is_valid_traceparent, new_traceparent, now_rfc3339, parse_time,
     },
-    webhook::{self, Effect, Fulfilment, FulfilmentMode, WebhookError},
+    webhook::{Effect, Fulfilment, FulfilmentMode, WebhookError},
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio_util::sync::CancellationToken;
@@ -220,8 +220,7 @@ async fn fulfil(
 
 /// The grant or revocation in a body, or why there is none.
 pub fn read(mode: FulfilmentMode, body: &[u8]) -> Result<Fulfilment, WebhookError> {
-    let value = webhook::parse_value(body)?;
-    mode.fulfilment(&value)
+    mode.read(body)
 }
 
 /// `x-received-at` as sent by the ingress, else the message timestamp, else now.

@@ -78,6 +78,17 @@ impl FulfilmentMode {
         }
     }
 
+    /// Reads the fulfilment straight from a webhook body: the same answer as
+    /// [`Self::fulfilment`] on the whole tree, building only the parts it reads.
+    pub fn read(self, body: &[u8]) -> Result<Fulfilment, WebhookError> {
+        let value = super::pruned::parse(body, &super::pruned::FULFILMENT)
+            .map_err(|e| WebhookError::NotJson(e.to_string()))?;
+        if !value.is_object() {
+            return Err(WebhookError::NotJson("top level is not an object".into()));
+        }
+        self.fulfilment(&value)
+    }
+
     /// Reads the fulfilment out of a webhook of a fulfilled type.
     pub fn fulfilment(self, v: &Value) -> Result<Fulfilment, WebhookError> {
         let notification_type = v

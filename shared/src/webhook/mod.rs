@@ -11,6 +11,7 @@ use sha1::{Digest, Sha1};
 
 mod fulfilment;
 mod head;
+mod pruned;
 
 pub use fulfilment::{Effect, Fulfilment, FulfilmentMode, Item};
 
@@ -299,6 +300,67 @@ mod tests {
             );
             assert_eq!(s.project_id, project_id(&v), "{name}");
             assert_eq!(s.transaction_id, transaction_id(&v), "{name}");
+        }
+    }
+
+    /// `FulfilmentMode::read` (pruned tree) must answer exactly as `fulfilment` on the
+    /// full tree: on every fixture, and on bodies built to hit the corners of the readers
+    /// (keys present but null, non-objects where objects are expected, repeated keys…).
+    #[test]
+    fn pruned_read_agrees_with_the_full_tree() {
+        let mut bodies: Vec<Vec<u8>> = [
+            "order_paid_combined",
+            "order_paid_separate",
+            "order_canceled_separate",
+            "payment",
+            "refund",
+            "user_validation",
+        ]
+        .iter()
+        .map(|name| fixture(name))
+        .collect();
+        let corners = [
+            r#"{"notification_type":"order_paid","order":{"id":7,"mode":"sandbox"},"user":{"external_id":"u"},"items":[{"sku":null,"sku_drm":"d","quantity":2}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":7},"user":{"id":"u"},"items":[{"sku_drm":"d","quantity":2.5,"type":"game"}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":8,"mode":"sandbox"},"user":{"id":"u"},"items":[{"sku":"a"}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":"7"},"user":"u","items":[{"sku":"a"}]}"#,
+            r#"{"notification_type":"order_paid","order":[1],"user":{"id":"u"},"items":[{"sku":"a"}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":1},"user":{"id":"u"},"items":{"sku":"a"}}"#,
+            r#"{"notification_type":"order_paid","order":{"id":1},"user":{"id":"u"},"items":["a",{"sku":"b"}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":1},"user":{"id":"u"},"items":[]}"#,
+            r#"{"notification_type":"order_canceled","order":{"id":1},"user":{"id":"u"},"items":[{"sku":"a","quantity":0}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":1},"order":{"id":2},"user":{"id":"u"},"items":[{"sku":"a"}],"billing":[{"transaction":{"id":3}}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":9223372036854775808},"user":{"id":"u"},"items":[{"sku":"a","quantity":9223372036854775808}],"settings":{"project_id":"18404"}}"#,
+            r#"{"notification_type":"order_paid","order":{"id":5},"user":{"id":"u"},"items":[{"sku":"a"}],"billing":{"settings":{"project_id":1},"transaction":{"id":"t"}}}"#,
+            r#"{"notification_type":"payment","transaction":{"id":5,"dry_run":1},"user":{"id":"u"},"purchase":{"virtual_currency":null}}"#,
+            r#"{"notification_type":"payment","transaction":{"id":5},"user":{"id":"u"},"purchase":{"virtual_currency":{"name":"gold","quantity":10},"virtual_items":{"items":[{"sku":"s","amount":2}]}}}"#,
+            r#"{"notification_type":"refund","transaction":{"id":5},"user":{"id":"u"},"purchase":{"virtual_items":"x"}}"#,
+            r#"{"notification_type":"payment","billing":{"transaction":{"id":6}},"user":{"id":"u"},"purchase":{"virtual_currency":{"sku":"c","quantity":1}}}"#,
+            r#"{"notification_type":7}"#,
+            r#"{"notification_type":""}"#,
+            r#"{"notification_type":"user_validation","user":{"id":"u"}}"#,
+            r#"{}"#,
+        ];
+        bodies.extend(corners.iter().map(|b| b.as_bytes().to_vec()));
+        for body in &bodies {
+            let full = parse_value(body).expect("well-formed object");
+            for mode in [FulfilmentMode::default(), FulfilmentMode { payments: true }] {
+                assert_eq!(
+                    mode.read(body),
+                    mode.fulfilment(&full),
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+        for bad in [&b"[1,2]"[..], b"\"x\"", b"{\"a\":", b"{} trailing", b""] {
+            let mode = FulfilmentMode::default();
+            assert!(
+                matches!(mode.read(bad), Err(WebhookError::NotJson(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(parse_value(bad).is_err());
         }
     }
 

@@ -1,0 +1,150 @@
+//! A `serde_json::Value` of only the parts of a webhook the fulfilment reads, built in one
+//! pass over the bytes.
+//!
+//! The worker used to build the whole tree of every 2–3 kB body (billing, payment details,
+//! custom parameters…) to read a dozen fields: JSON and the tree's map inserts were ~11 %
+//! of its CPU. The pruned tree keeps the same shape along the paths [`FULFILMENT`] names
+//! and drops the rest (still checking the whole body is well-formed JSON), so the existing
+//! `Value` readers run on it unchanged and read exactly what they read before: a path
+//! leads to the same value, a missing key is still missing, and a non-object where the
+//! shape expects an object reads as `null`, on which every further lookup finds nothing,
+//! as it would have on the original value.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// What to keep below a key.
+pub(super) enum Shape {
+    /// The whole value, whatever it is.
+    Whole,
+    /// Only these keys of an object.
+    Object(&'static [(&'static str, Shape)]),
+}
+
+use Shape::{Object, Whole};
+
+/// Every path `fulfilment.rs` reads, in both delivery modes and in payments mode.
+pub(super) static FULFILMENT: Shape = Object(&[
+    ("notification_type", Whole),
+    ("order", Object(&[("id", Whole), ("mode", Whole)])),
+    ("user", Object(&[("id", Whole), ("external_id", Whole)])),
+    ("items", Whole),
+    ("transaction", Object(&[("id", Whole), ("dry_run", Whole)])),
+    ("settings", Object(&[("project_id", Whole)])),
+    (
+        "billing",
+        Object(&[
+            ("transaction", Object(&[("id", Whole)])),
+            ("settings", Object(&[("project_id", Whole)])),
+        ]),
+    ),
+    (
+        "purchase",
+        Object(&[
+            ("virtual_items", Object(&[("items", Whole)])),
+            ("virtual_currency", Whole),
+        ]),
+    ),
+]);
+
+/// Parses `body` keeping only what `shape` names.
+pub(super) fn parse(body: &[u8], shape: &'static Shape) -> serde_json::Result<Value> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Pruned(shape).deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+struct Pruned(&'static Shape);
+
+impl<'de> DeserializeSeed<'de> for Pruned {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        match self.0 {
+            Whole => serde::Deserialize::deserialize(d),
+            Object(fields) => d.deserialize_any(Fields(fields)),
+        }
+    }
+}
+
+/// Keeps the listed keys of an object; anything that is not an object reads as `null`.
+struct Fields(&'static [(&'static str, Shape)]);
+
+impl<'de> Visitor<'de> for Fields {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut kept = Map::new();
+        while let Some(field) = map.next_key_seed(Key(self.0))? {
+            match field {
+                Some((name, shape)) => {
+                    // A repeated key: the last one wins, as in a full `Value`.
+                    kept.insert((*name).to_owned(), map.next_value_seed(Pruned(shape))?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(kept))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Value::Null)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
+/// An object key, matched against the kept names without allocating.
+struct Key(&'static [(&'static str, Shape)]);
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Option<&'static (&'static str, Shape)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Option<&'static (&'static str, Shape)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().find(|(name, _)| *name == key))
+    }
+}
