@@ -10,9 +10,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
-use shared::envelope::{self, HeadersExt, header};
+use shared::envelope;
 
 use crate::{
     allowlist::IpAllowlist,
@@ -149,18 +148,13 @@ fn type_label(kind: &str) -> &'static str {
 /// Publishes the raw body with the envelope headers; Ok only after the broker's confirm.
 async fn publish(app: &App, webhook: &VerifiedWebhook) -> Result<(), ApiError> {
     let kind = &webhook.summary.notification_type;
-    let mut headers = FieldTable::default();
-    headers
-        .set_str(header::NOTIFICATION_TYPE, kind)
-        .set_str(header::ROUTING_KEY, kind)
-        .set_str(header::SIGNATURE, &webhook.signature)
-        .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
-        .set_int(header::ATTEMPTS, 0)
-        .set_str(header::TRACEPARENT, &webhook.traceparent);
-    if let Some(project) = webhook.project_id {
-        headers.set_int(header::PROJECT_ID, project as i64);
-    }
-    let properties = envelope::properties(&webhook.summary.dedup_id, headers);
+    let properties = envelope::received_properties(&envelope::Received {
+        notification_type: kind,
+        message_id: &webhook.summary.dedup_id,
+        signature: &webhook.signature,
+        traceparent: &webhook.traceparent,
+        project_id: webhook.project_id,
+    });
     app.publisher
         .publish(kind, &webhook.body, properties)
         .await

@@ -70,6 +70,36 @@ pub fn properties(message_id: &str, headers: FieldTable) -> BasicProperties {
         .with_headers(headers)
 }
 
+/// What the ingress knows about a verified webhook when it publishes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub notification_type: &'a str,
+    pub message_id: &'a str,
+    /// The `Authorization` header as received, so consumers can re-verify.
+    pub signature: &'a str,
+    pub traceparent: &'a str,
+    /// The project of the route (`/webhooks/xsolla/{project_id}`), if any.
+    pub project_id: Option<u64>,
+}
+
+/// The properties a fresh webhook is published with: received now, no attempts yet. The
+/// ingress publishes through this, and so do the benchmarks' baselines, so both carry the
+/// same envelope.
+pub fn received_properties(r: &Received<'_>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers
+        .set_str(header::NOTIFICATION_TYPE, r.notification_type)
+        .set_str(header::ROUTING_KEY, r.notification_type)
+        .set_str(header::SIGNATURE, r.signature)
+        .set_str(header::RECEIVED_AT, &now_rfc3339())
+        .set_int(header::ATTEMPTS, 0)
+        .set_str(header::TRACEPARENT, r.traceparent);
+    if let Some(project) = r.project_id {
+        headers.set_int(header::PROJECT_ID, project as i64);
+    }
+    properties(r.message_id, headers)
+}
+
 /// Builder-style helpers over a header table.
 pub trait HeadersExt {
     fn set_str(&mut self, key: &str, value: &str) -> &mut Self;
@@ -192,6 +222,51 @@ mod tests {
         );
         assert_eq!(h.get_int(header::ATTEMPTS), Some(3));
         assert_eq!(h.get_int("absent"), None);
+    }
+
+    #[test]
+    fn received_properties_carry_the_documented_envelope() {
+        let tp = new_traceparent();
+        let p = received_properties(&Received {
+            notification_type: "order_paid",
+            message_id: "order_paid:7",
+            signature: "Signature abc",
+            traceparent: &tp,
+            project_id: Some(18404),
+        });
+        assert_eq!(p.delivery_mode(), &Some(2));
+        assert_eq!(
+            p.message_id().as_ref().map(|m| m.as_str()),
+            Some("order_paid:7")
+        );
+        let h = p.headers().as_ref().unwrap();
+        assert_eq!(
+            h.get_str(header::NOTIFICATION_TYPE).as_deref(),
+            Some("order_paid")
+        );
+        assert_eq!(
+            h.get_str(header::ROUTING_KEY).as_deref(),
+            Some("order_paid")
+        );
+        assert_eq!(
+            h.get_str(header::SIGNATURE).as_deref(),
+            Some("Signature abc")
+        );
+        assert_eq!(h.get_str(header::TRACEPARENT).as_deref(), Some(tp.as_str()));
+        assert_eq!(h.get_int(header::ATTEMPTS), Some(0));
+        assert_eq!(h.get_int(header::PROJECT_ID), Some(18404));
+        assert!(parse_time(&h.get_str(header::RECEIVED_AT).unwrap()).is_some());
+        let p = received_properties(&Received {
+            notification_type: "payment",
+            message_id: "m",
+            signature: "s",
+            traceparent: &tp,
+            project_id: None,
+        });
+        assert_eq!(
+            p.headers().as_ref().unwrap().get_int(header::PROJECT_ID),
+            None
+        );
     }
 
     #[test]

@@ -25,12 +25,8 @@ use axum::{
     http::{HeaderMap, StatusCode},
     routing::{get, post},
 };
-use lapin::{Channel, options::ConfirmSelectOptions, types::FieldTable};
-use shared::{
-    envelope::{self, HeadersExt, header},
-    publish::publish_confirmed,
-    topology::EXCHANGE,
-};
+use lapin::{Channel, options::ConfirmSelectOptions};
+use shared::{envelope, publish::publish_confirmed, topology::EXCHANGE};
 
 // The same allocator as the ingress, so the comparison is of the code, not of malloc.
 #[global_allocator]
@@ -71,16 +67,14 @@ async fn publish(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Byte
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let mut table = FieldTable::default();
-    table
-        .set_str(header::NOTIFICATION_TYPE, KIND)
-        .set_str(header::ROUTING_KEY, KIND)
-        .set_str(header::SIGNATURE, signature)
-        .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
-        .set_int(header::ATTEMPTS, 0)
-        .set_str(header::TRACEPARENT, &envelope::new_traceparent());
     let id = relay.next_id.fetch_add(1, Ordering::Relaxed);
-    let properties = envelope::properties(&format!("{KIND}:relay-{id}"), table);
+    let properties = envelope::received_properties(&envelope::Received {
+        notification_type: KIND,
+        message_id: &format!("{KIND}:relay-{id}"),
+        signature,
+        traceparent: &envelope::new_traceparent(),
+        project_id: None,
+    });
     let timeout = Duration::from_secs(10);
     match publish_confirmed(&relay.channel, EXCHANGE, KIND, &body, properties, timeout).await {
         Ok(()) => StatusCode::NO_CONTENT,

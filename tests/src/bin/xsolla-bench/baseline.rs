@@ -19,7 +19,7 @@ use lapin::{
 };
 use serde::Serialize;
 use shared::{
-    envelope::{self, HeadersExt, header},
+    envelope,
     publish::publish_confirmed,
     signature,
     topology::{EXCHANGE, WORK_QUEUE},
@@ -100,15 +100,13 @@ async fn publish_one(
 ) -> Result<(), shared::publish::PublishError> {
     let body = template.body(id);
     let kind = template.kind().as_str();
-    let mut headers = FieldTable::default();
-    headers
-        .set_str(header::NOTIFICATION_TYPE, kind)
-        .set_str(header::ROUTING_KEY, kind)
-        .set_str(header::SIGNATURE, &signature::sign(&body, secret))
-        .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
-        .set_int(header::ATTEMPTS, 0)
-        .set_str(header::TRACEPARENT, &envelope::new_traceparent());
-    let properties = envelope::properties(&format!("{kind}:{id}"), headers);
+    let properties = envelope::received_properties(&envelope::Received {
+        notification_type: kind,
+        message_id: &format!("{kind}:{id}"),
+        signature: &signature::authorization_header(&body, secret),
+        traceparent: &envelope::new_traceparent(),
+        project_id: None,
+    });
     publish_confirmed(
         channel,
         EXCHANGE,
