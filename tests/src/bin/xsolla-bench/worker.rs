@@ -358,7 +358,7 @@ mod unit {
     #[test]
     fn median_of_odd_and_even_counts() {
         assert_eq!(median(vec![0.7, 0.5, 0.6]), 0.6);
-        assert_eq!(median(vec![0.8, 0.5, 0.6, 0.7]), 0.65);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(vec![]), 0.0);
     }
 }
