@@ -123,7 +123,7 @@ impl Outcome {
 /// Reads the event, calls the inventory API (with quick in-process retries) and decides.
 pub async fn process(ctx: &Context, msg: &Message<'_>) -> Outcome {
     let attempts = msg.prior_attempts().saturating_add(1);
-    let fulfilment = match read(ctx.mode, msg.body) {
+    let fulfilment = match ctx.mode.read(msg.body) {
         Ok(f) => f,
         Err(e) => {
             let reason = match e {
@@ -218,11 +218,6 @@ async fn fulfil(
     }
 }
 
-/// The grant or revocation in a body, or why there is none.
-pub fn read(mode: FulfilmentMode, body: &[u8]) -> Result<Fulfilment, WebhookError> {
-    mode.read(body)
-}
-
 /// `x-received-at` as sent by the ingress, else the message timestamp, else now.
 fn received_at(msg: &Message<'_>) -> String {
     msg.headers()
@@ -313,14 +308,11 @@ mod tests {
     #[test]
     fn tells_unparsable_from_not_fulfilled() {
         assert!(matches!(
-            read(FulfilmentMode::default(), b"nope"),
+            FulfilmentMode::default().read(b"nope"),
             Err(WebhookError::NotJson(_))
         ));
         assert!(matches!(
-            read(
-                FulfilmentMode::default(),
-                br#"{"notification_type":"payment"}"#
-            ),
+            FulfilmentMode::default().read(br#"{"notification_type":"payment"}"#),
             Err(WebhookError::NotFulfilled(_))
         ));
     }

@@ -26,7 +26,7 @@ use tokio::{
 
 use super::{
     Ids,
-    load::LoadPlan,
+    load::{LoadPlan, planned_offset},
     report::{LoadReport, Tally},
     schedule::{self, Verdict},
     send::{Answer, Attempt, Delivery, Outcome, Policy},
@@ -243,7 +243,7 @@ pub async fn run(
                     .collect::<Vec<_>>(),
             ));
             for i in 0u64.. {
-                let at = started + Duration::from_secs_f64(i as f64 / rate.max(f64::MIN_POSITIVE));
+                let at = started + planned_offset(i, rate);
                 if at >= end {
                     break;
                 }

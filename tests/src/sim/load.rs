@@ -54,6 +54,13 @@ impl Ids {
     }
 }
 
+/// When an open loop at `rate` per second plans its `i`-th webhook (from 0), after the
+/// run's start. One definition for both load generators and for the pipeline bench, which
+/// times each webhook from outside the load and must agree with it to the nanosecond.
+pub fn planned_offset(i: u64, rate: f64) -> Duration {
+    Duration::from_secs_f64(i as f64 / rate.max(f64::MIN_POSITIVE))
+}
+
 /// A fresh six-digit run id.
 pub fn new_run_id() -> u64 {
     rand::random_range(100_000..1_000_000)
@@ -77,7 +84,7 @@ pub async fn run(
         Some(rate) => {
             let slots = Arc::new(Semaphore::new(plan.concurrency.max(1)));
             for i in 0u64.. {
-                let at = started + Duration::from_secs_f64(i as f64 / rate.max(f64::MIN_POSITIVE));
+                let at = started + planned_offset(i, rate);
                 if at >= end {
                     break;
                 }

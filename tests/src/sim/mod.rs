@@ -23,7 +23,7 @@ pub mod send;
 pub mod vhost;
 pub mod webhook;
 
-pub use load::{Ids, LoadPlan, new_run_id};
+pub use load::{Ids, LoadPlan, new_run_id, planned_offset};
 pub use report::{Latency, LoadReport};
 pub use schedule::{Verdict, classify, retry_delays};
 pub use send::{Answer, Attempt, Delivery, Outcome, Policy, Sender};

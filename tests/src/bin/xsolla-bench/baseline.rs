@@ -186,7 +186,7 @@ pub async fn publish_at_rate(
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for i in 0u64.. {
-        let at = started + Duration::from_secs_f64(i as f64 / rate);
+        let at = started + tests::sim::planned_offset(i, rate);
         if at >= started + duration {
             break;
         }

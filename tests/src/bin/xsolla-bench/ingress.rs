@@ -206,42 +206,32 @@ impl Phase<'_> {
         ingress: &Service,
         webhook_url: &str,
     ) -> anyhow::Result<(LoadReport, LoadReport, CpuPerItem, f64)> {
-        let Phase {
-            amqp_url,
-            broker,
-            template,
-            concurrency,
-            duration,
-        } = *self;
+        let (concurrency, duration) = (self.concurrency, self.duration);
         let target = lean::Target::new(webhook_url)?;
-        let plan = |rate: Option<f64>, duration| LoadPlan {
-            rate,
-            duration,
-            concurrency,
-            run_id: sim::new_run_id(),
-        };
         eprintln!("[2/5] ingress: closed loop, {concurrency} concurrent senders, {duration:?}");
-        lean::run(&target, template, SECRET, &plan(None, WARM_UP)).await;
+        self.lead_in(&target, None).await;
         let confirms_before = ConfirmTotals::read(webhook_url).await?;
-        let before = CpuSample::take(broker, Some(ingress));
-        let full = lean::run(&target, template, SECRET, &plan(None, duration)).await;
-        let cpu = before.per_item_us(&CpuSample::take(broker, Some(ingress)), full.acked);
+        let (full, cpu) = self.closed_loop(&target, ingress).await;
         let confirms = ConfirmTotals::read(webhook_url)
             .await?
             .since(&confirms_before);
         anyhow::ensure!(full.acked > 0, "the ingress acknowledged nothing:\n{full}");
-        vhost::purge(amqp_url, WORK_QUEUE).await?;
+        vhost::purge(self.amqp_url, WORK_QUEUE).await?;
         let rate = (full.throughput / 2.0).max(1.0);
         eprintln!("[3/5] ingress at half its maximum: open loop at {rate:.0}/s, {duration:?}");
-        // The same unmeasured lead-in as the other phases, at the phase's rate: the broker
-        // is still cleaning up after the purge of phase 2's messages.
-        lean::run(&target, template, SECRET, &plan(Some(rate), WARM_UP)).await;
-        let half = lean::run(&target, template, SECRET, &plan(Some(rate), duration)).await;
+        // The lead-in matters here too: the broker is still cleaning up after the purge of
+        // phase 2's messages.
+        self.lead_in(&target, Some(rate)).await;
+        let half = lean::run(
+            &target,
+            self.template,
+            SECRET,
+            &self.plan(Some(rate), duration),
+        )
+        .await;
         Ok((full, half, cpu, confirms.mean_ms()))
     }
-}
 
-impl Phase<'_> {
     /// The bare relay under the same closed loop as the ingress in phase 2.
     async fn relay(&self, bin: &std::path::Path) -> anyhow::Result<(LoadReport, CpuPerItem)> {
         let listen = free_addr()?;
@@ -252,22 +242,48 @@ impl Phase<'_> {
         let ready = format!("http://{listen}/readyz");
         let relay = Service::start("bare-relay", bin, &env, &ready).await?;
         let target = lean::Target::new(&format!("http://{listen}/webhooks/xsolla"))?;
-        let plan = |duration| LoadPlan {
-            rate: None,
-            duration,
-            concurrency: self.concurrency,
-            run_id: sim::new_run_id(),
-        };
-        lean::run(&target, self.template, SECRET, &plan(WARM_UP)).await;
-        let before = CpuSample::take(self.broker, Some(&relay));
-        let report = lean::run(&target, self.template, SECRET, &plan(self.duration)).await;
-        let cpu = before.per_item_us(&CpuSample::take(self.broker, Some(&relay)), report.acked);
+        self.lead_in(&target, None).await;
+        let (report, cpu) = self.closed_loop(&target, &relay).await;
         relay.stop().await;
         anyhow::ensure!(
             report.acked > 0,
             "the bare relay acknowledged nothing:\n{report}"
         );
         Ok((report, cpu))
+    }
+
+    fn plan(&self, rate: Option<f64>, duration: Duration) -> LoadPlan {
+        LoadPlan {
+            rate,
+            duration,
+            concurrency: self.concurrency,
+            run_id: sim::new_run_id(),
+        }
+    }
+
+    /// The unmeasured lead-in of a phase, at the phase's load: connections opened, pools
+    /// filled, caches warm.
+    async fn lead_in(&self, target: &lean::Target, rate: Option<f64>) {
+        lean::run(target, self.template, SECRET, &self.plan(rate, WARM_UP)).await;
+    }
+
+    /// The measured closed loop, and the CPU the broker, the load generator and `service`
+    /// spent in it per acknowledged webhook.
+    async fn closed_loop(
+        &self,
+        target: &lean::Target,
+        service: &Service,
+    ) -> (LoadReport, CpuPerItem) {
+        let before = CpuSample::take(self.broker, Some(service));
+        let report = lean::run(
+            target,
+            self.template,
+            SECRET,
+            &self.plan(None, self.duration),
+        )
+        .await;
+        let cpu = before.per_item_us(&CpuSample::take(self.broker, Some(service)), report.acked);
+        (report, cpu)
     }
 }
 

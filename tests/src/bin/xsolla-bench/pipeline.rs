@@ -318,7 +318,7 @@ struct Granted {
 
 /// Follows an open-loop phase's webhooks into the inventory: which are granted, and how
 /// long after the planned send. `lean::run` gives its i-th webhook (from 0) the id
-/// `run_id × 10⁹ + i + 1` and plans it at `start + i / rate`, so no per-webhook record
+/// `run_id × 10⁹ + i + 1` and plans it at `start + planned_offset(i, rate)`, so no per-webhook record
 /// needs to pass between the two; `start` is taken just before the run begins, which
 /// lengthens each latency by a few µs at most.
 struct Tracker {
@@ -336,9 +336,9 @@ struct Tracker {
 
 impl Tracker {
     fn new(plan: &LoadPlan, rate: f64, start: Instant) -> Tracker {
-        // As many as the load will start: the same float arithmetic as `lean::run`.
+        // As many as the load will start, by the load's own arithmetic.
         let total = (0u64..)
-            .take_while(|&i| Duration::from_secs_f64(i as f64 / rate) < plan.duration)
+            .take_while(|&i| sim::planned_offset(i, rate) < plan.duration)
             .count();
         Tracker {
             run_id: plan.run_id,
@@ -365,7 +365,7 @@ impl Tracker {
         while new > 0 && i < planned.min(total) {
             let id = || (self.run_id * 1_000_000_000 + i as u64 + 1).to_string();
             if !self.granted[i] && state.grants.contains_key(&id()) {
-                let planned_at = self.start + Duration::from_secs_f64(i as f64 / self.rate);
+                let planned_at = self.start + sim::planned_offset(i as u64, self.rate);
                 let us = now.saturating_duration_since(planned_at).as_micros();
                 self.histogram
                     .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
