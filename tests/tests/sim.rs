@@ -229,3 +229,53 @@ async fn lean_load_counts_answers_like_the_sender_and_lands_every_acked_webhook(
     ingress.stop().await.unwrap();
     vhost.delete().await.unwrap();
 }
+
+/// `bare-relay`, the ingress bench's ceiling, really is a confirmed publisher: it answers
+/// 204 only for messages the broker holds (one message per 204 in the work queue) and 503
+/// once its messages have nowhere to go (returned as unroutable).
+#[tokio::test]
+async fn bare_relay_answers_204_per_confirmed_message_and_503_when_returned() {
+    let vhost = TestVhost::create().await.unwrap();
+    sim::vhost::declare_topology(&vhost.amqp_url())
+        .await
+        .unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut relay = tokio::process::Command::new(env!("CARGO_BIN_EXE_bare-relay"))
+        .env("RELAY_LISTEN", listen.to_string())
+        .env("AMQP_URL", vhost.amqp_url())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ready = format!("http://{listen}/readyz");
+    tests::wait::until(Duration::from_secs(30), "bare-relay ready", || async {
+        matches!(reqwest::get(&ready).await, Ok(r) if r.status() == 200)
+    })
+    .await
+    .unwrap();
+    let target = lean::Target::new(&format!("http://{listen}/webhooks/xsolla")).unwrap();
+    let template = Template::new(Kind::OrderPaid, &Overrides::default()).unwrap();
+    let plan = LoadPlan {
+        rate: Some(200.0),
+        duration: Duration::from_millis(250),
+        concurrency: 4,
+        run_id: sim::new_run_id(),
+    };
+    let report = lean::run(&target, &template, SECRET, &plan).await;
+    assert_eq!((report.sent, report.acked), (50, 50), "{report}");
+    vhost
+        .wait_queue_len(WORK_QUEUE, 50, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    for queue in [WORK_QUEUE, shared::topology::UNROUTED_QUEUE] {
+        vhost.delete_queue(queue).await.unwrap();
+    }
+    let refused = lean::run(&target, &template, SECRET, &plan).await;
+    assert_eq!(refused.acked, 0, "{refused}");
+    assert_eq!(refused.answers.status_5xx, refused.sent, "{refused}");
+    relay.kill().await.unwrap();
+    vhost.delete().await.unwrap();
+}
