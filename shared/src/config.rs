@@ -36,6 +36,12 @@ pub struct BrokerArgs {
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub publish_timeout: Duration,
 
+    /// How long the order-event stream (`xsolla.order-events`) keeps events: what
+    /// `order-status` and `worker order` can show. Set it the same on every process: it is
+    /// fixed when the stream is first declared.
+    #[arg(long, env = "STATUS_RETENTION", default_value = "7days", value_parser = parse_duration)]
+    pub status_retention: Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -55,6 +61,7 @@ impl BrokerArgs {
             mode: FulfilmentMode {
                 payments: self.fulfil_payments,
             },
+            status_retention: self.status_retention,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod config;
 pub mod envelope;
 pub mod ops;
+pub mod order_events;
 pub mod publish;
 pub mod signature;
 pub mod telemetry;

@@ -17,7 +17,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 
-use crate::webhook::FulfilmentMode;
+use crate::{order_events, webhook::FulfilmentMode};
 
 /// Topic exchange the ingress publishes every verified webhook to; routing key = type.
 pub const EXCHANGE: &str = "xsolla.webhooks";
@@ -50,6 +50,8 @@ pub struct Topology {
     pub retry_delays: Vec<Duration>,
     /// Which notification types the work queue is bound to.
     pub mode: FulfilmentMode,
+    /// How long the order-event stream keeps events (`x-max-age`, `STATUS_RETENTION`).
+    pub status_retention: Duration,
 }
 
 impl Default for Topology {
@@ -57,6 +59,7 @@ impl Default for Topology {
         Self {
             retry_delays: default_retry_delays(),
             mode: FulfilmentMode::default(),
+            status_retention: order_events::DEFAULT_RETENTION,
         }
     }
 }
@@ -165,6 +168,31 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
                 quorum_args(&args),
             )
             .await?;
+    }
+    declare_order_events(channel, topology.status_retention).await
+}
+
+/// The order-event stream, bound to the webhook exchange for the order types so the
+/// ingress's one confirmed publish makes an acceptance visible (no worker needed).
+/// `x-max-age` is fixed at declaration: every process must use the same
+/// `STATUS_RETENTION`, or the later one fails with `PRECONDITION_FAILED`.
+/// <https://www.rabbitmq.com/docs/streams#retention>
+async fn declare_order_events(channel: &Channel, retention: Duration) -> lapin::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long("stream"));
+    args.insert("x-max-age".into(), long(&order_events::max_age(retention)));
+    channel
+        .queue_declare(
+            order_events::STREAM.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    for routing_key in order_events::WEBHOOK_TYPES {
+        bind(channel, order_events::STREAM, EXCHANGE, routing_key).await?;
     }
     Ok(())
 }

@@ -67,6 +67,7 @@ impl WorkerArgs {
                 retry_delays: Delays::default(),
                 fulfil_payments: false,
                 publish_timeout: Duration::from_secs(5),
+                status_retention: shared::order_events::DEFAULT_RETENTION,
                 log_format: LogFormat::Text,
             },
             inventory_url: Some(inventory_url),
