@@ -245,7 +245,7 @@ impl OrderEvent {
 /// What one message of the stream is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamMessage {
-    Event(OrderEvent),
+    Event(Box<OrderEvent>),
     /// A sync marker with this token.
     Marker(String),
     /// Anything else (a webhook that names no order, a foreign message): skipped.
@@ -256,11 +256,11 @@ pub enum StreamMessage {
 pub fn decode(body: &[u8], properties: &BasicProperties) -> StreamMessage {
     match properties.kind().as_ref().map(|k| k.as_str()) {
         Some(EVENT_TYPE) => serde_json::from_slice(body)
-            .map(StreamMessage::Event)
+            .map(|e| StreamMessage::Event(Box::new(e)))
             .unwrap_or(StreamMessage::Other),
         Some(MARKER_TYPE) => StreamMessage::Marker(String::from_utf8_lossy(body).into_owned()),
         _ => OrderEvent::from_webhook(body, properties.headers().as_ref())
-            .map(StreamMessage::Event)
+            .map(|e| StreamMessage::Event(Box::new(e)))
             .unwrap_or(StreamMessage::Other),
     }
 }
@@ -388,7 +388,7 @@ mod tests {
         e.http_status = Some(503);
         e.error = Some("HTTP 503".into());
         let (body, props) = e.to_message();
-        assert_eq!(decode(&body, &props), StreamMessage::Event(e));
+        assert_eq!(decode(&body, &props), StreamMessage::Event(Box::new(e)));
         let marker = BasicProperties::default().with_type(MARKER_TYPE.into());
         assert_eq!(decode(b"tok", &marker), StreamMessage::Marker("tok".into()));
         assert_eq!(
