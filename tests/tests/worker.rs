@@ -10,6 +10,7 @@ use lapin::{BasicProperties, types::FieldTable};
 use shared::{
     envelope::{HeadersExt, header, parse_time},
     topology::{DLQ, WORK_QUEUE},
+    webhook,
 };
 use tests::{
     fixtures,
@@ -400,6 +401,65 @@ async fn unreadable_and_unfulfilled_events_go_to_the_dlq() {
     reasons.sort();
     assert_eq!(reasons, ["not_fulfilled", "unparsable"]);
     assert_eq!(s.inventory.state().received(Endpoint::Grants), 0);
+}
+
+#[tokio::test]
+async fn a_quantity_that_is_not_a_positive_integer_is_parked_not_granted_as_one() {
+    let s = setup(Faults::none()).await;
+    let _worker = s.worker().await;
+    // Each used to be granted as quantity 1 and acked.
+    let bad = [
+        serde_json::json!("50"),
+        serde_json::json!(2.5),
+        serde_json::json!(1e30),
+        serde_json::json!(9_223_372_036_854_775_808_u64),
+        serde_json::Value::Null,
+        serde_json::json!(true),
+    ];
+    for (n, quantity) in bad.iter().enumerate() {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&order_paid(300 + n as u64)).unwrap();
+        body["items"][1]["quantity"] = quantity.clone();
+        s.broker
+            .publish_webhook(&serde_json::to_vec(&body).unwrap())
+            .await
+            .unwrap();
+    }
+    // And one whose quantity is absent: Xsolla documents no default.
+    let mut body: serde_json::Value = serde_json::from_slice(&order_paid(399)).unwrap();
+    body["items"][0].as_object_mut().unwrap().remove("quantity");
+    s.broker
+        .publish_webhook(&serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap();
+    let n = bad.len() as u32 + 1;
+    s.broker.wait_queue_len(DLQ, n, WITHIN).await.unwrap();
+    let parked = s.broker.take_all(DLQ).await.unwrap();
+    assert_eq!(parked.len(), n as usize);
+    for m in &parked {
+        assert_eq!(m.header(header::DEAD_REASON).as_deref(), Some("unparsable"));
+        let error = m.header(header::LAST_ERROR).unwrap();
+        let order = webhook::parse(&m.body).unwrap().1.order_id.unwrap();
+        let field = if order == "399" {
+            "items[0].quantity"
+        } else {
+            "items[1].quantity"
+        };
+        assert!(error.contains(field), "order {order}: {error}");
+    }
+    let errors: Vec<_> = parked
+        .iter()
+        .map(|m| m.header(header::LAST_ERROR).unwrap())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(r#"is "50", not a positive integer"#)),
+        "{errors:?}"
+    );
+    let state = s.inventory.state();
+    assert_eq!(state.received(Endpoint::Grants), 0, "nothing was granted");
+    assert!(state.grants.is_empty());
 }
 
 #[tokio::test]

@@ -119,14 +119,10 @@ fn order_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookErro
         .iter()
         .enumerate()
         .map(|(index, it)| {
-            let sku = it
-                .get("sku")
-                .or_else(|| it.get("sku_drm"))
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty());
-            let quantity = it.get("quantity").and_then(Value::as_i64).unwrap_or(1);
+            let at = |key| Field::new("items", Some(index), key);
+            let sku = it.get("sku").or_else(|| it.get("sku_drm"));
             let kind = it.get("type").and_then(Value::as_str);
-            item(index, sku, quantity, kind)
+            item(at("sku"), sku, at("quantity"), it.get("quantity"), kind)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let sandbox = v.pointer("/order/mode").and_then(Value::as_str) == Some("sandbox");
@@ -145,21 +141,90 @@ fn order_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookErro
     })
 }
 
-/// One line, refused when it names no SKU or a quantity below one.
+/// Where a value sits in the body, spelled out only when it is reported (`items[0].sku`).
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    list: &'static str,
+    index: Option<usize>,
+    key: &'static str,
+}
+
+impl Field {
+    fn new(list: &'static str, index: Option<usize>, key: &'static str) -> Field {
+        Field { list, index, key }
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "{}[{i}].{}", self.list, self.key),
+            None => write!(f, "{}.{}", self.list, self.key),
+        }
+    }
+}
+
+/// One line, refused when it names no SKU or its count is not a positive integer.
 fn item(
-    index: usize,
-    sku: Option<&str>,
-    quantity: i64,
+    sku_at: Field,
+    sku: Option<&Value>,
+    quantity_at: Field,
+    quantity: Option<&Value>,
     kind: Option<&str>,
 ) -> Result<Item, WebhookError> {
-    match sku {
-        Some(sku) if quantity > 0 => Ok(Item {
-            sku: sku.to_owned(),
-            quantity,
-            kind: kind.map(str::to_owned),
-        }),
-        _ => Err(WebhookError::BadItem { index }),
+    let sku = sku
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| WebhookError::BadSku {
+            field: sku_at.to_string(),
+        })?;
+    Ok(Item {
+        sku: sku.to_owned(),
+        quantity: positive_count(quantity_at, quantity)?,
+        kind: kind.map(str::to_owned),
+    })
+}
+
+/// Longest excerpt of a refused value quoted in the error (it ends up in `x-last-error`).
+const QUOTED_MAX: usize = 40;
+
+/// A count of items: a JSON integer from 1 to `i64::MAX`, nothing else. Xsolla documents
+/// `quantity` as an int with no default (`reference/xsolla-webhooks.md` §3.4), so an absent
+/// one is as unreadable as `"50"`, `2.5`, `1e30` or `true`: each used to be granted as 1.
+fn positive_count(at: Field, value: Option<&Value>) -> Result<i64, WebhookError> {
+    let refuse = |problem: String| WebhookError::BadQuantity {
+        field: at.to_string(),
+        problem,
+    };
+    let Some(value) = value else {
+        return Err(refuse(
+            "is missing (Xsolla documents no default; a positive integer is required)".into(),
+        ));
+    };
+    match value.as_i64() {
+        Some(n) if n > 0 => Ok(n),
+        _ if value.is_u64() => Err(refuse(format!(
+            "is {value}, more than the largest count ({})",
+            i64::MAX
+        ))),
+        _ => Err(refuse(format!(
+            "is {}, not a positive integer",
+            quoted(value)
+        ))),
     }
+}
+
+/// The value as JSON text (strings quoted, control characters escaped), cut short.
+fn quoted(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() <= QUOTED_MAX {
+        return text;
+    }
+    let mut end = QUOTED_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 fn payment_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookError> {
@@ -171,22 +236,28 @@ fn payment_fulfilment(v: &Value, effect: Effect) -> Result<Fulfilment, WebhookEr
         .and_then(Value::as_array)
     {
         for (index, it) in list.iter().enumerate() {
-            let sku = it
-                .get("sku")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty());
-            let quantity = it.get("amount").and_then(Value::as_i64).unwrap_or(1);
-            items.push(item(index, sku, quantity, Some("virtual_good"))?);
+            let at = |key| Field::new("purchase.virtual_items.items", Some(index), key);
+            let (sku, amount) = (it.get("sku"), it.get("amount"));
+            items.push(item(
+                at("sku"),
+                sku,
+                at("amount"),
+                amount,
+                Some("virtual_good"),
+            )?);
         }
     }
     if let Some(vc) = v.pointer("/purchase/virtual_currency") {
-        let sku = vc
-            .get("sku")
-            .or_else(|| vc.get("name"))
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
-        let quantity = vc.get("quantity").and_then(Value::as_i64).unwrap_or(0);
-        items.push(item(items.len(), sku, quantity, Some("virtual_currency"))?);
+        let at = |key| Field::new("purchase.virtual_currency", None, key);
+        let sku = vc.get("sku").or_else(|| vc.get("name"));
+        let quantity = vc.get("quantity");
+        items.push(item(
+            at("sku"),
+            sku,
+            at("quantity"),
+            quantity,
+            Some("virtual_currency"),
+        )?);
     }
     if items.is_empty() {
         return Err(WebhookError::NoItems(

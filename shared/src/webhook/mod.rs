@@ -29,8 +29,13 @@ pub enum WebhookError {
     MissingField(&'static str),
     #[error("no items to fulfil (`{0}` is empty or missing)")]
     NoItems(&'static str),
-    #[error("item {index} has no usable `sku` or a non-positive quantity")]
-    BadItem { index: usize },
+    /// An item line names no SKU: `field` is its path (`items[0].sku`).
+    #[error("`{field}` is missing or not a non-empty string")]
+    BadSku { field: String },
+    /// An item's count is absent or not a positive integer. Never guessed: a paid order
+    /// granted as 1 of something the player bought 50 of is money lost, so it is parked.
+    #[error("`{field}` {problem}")]
+    BadQuantity { field: String, problem: String },
     #[error("notification type `{0}` is not fulfilled by this worker")]
     NotFulfilled(String),
 }
@@ -329,6 +334,13 @@ mod tests {
             r#"{"notification_type":"payment","transaction":{"id":5},"user":{"id":"u"},"purchase":{"virtual_currency":{"name":"gold","quantity":10},"virtual_items":{"items":[{"sku":"s","amount":2}]}}}"#,
             r#"{"notification_type":"refund","transaction":{"id":5},"user":{"id":"u"},"purchase":{"virtual_items":"x"}}"#,
             r#"{"notification_type":"payment","billing":{"transaction":{"id":6}},"user":{"id":"u"},"purchase":{"virtual_currency":{"sku":"c","quantity":1}}}"#,
+            r#"{"notification_type":"order_paid","order":{"id":1},"user":{"id":"u"},"items":[{"sku":"a","quantity":"50"}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":1},"user":{"id":"u"},"items":[{"sku":"a","quantity":1e30}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":1},"user":{"id":"u"},"items":[{"sku":"a","quantity":null},{"sku":"b","quantity":true}]}"#,
+            r#"{"notification_type":"order_paid","order":{"id":1},"user":{"id":"u"},"items":[{"sku":"a","quantity":-1}]}"#,
+            r#"{"notification_type":"payment","transaction":{"id":5},"user":{"id":"u"},"purchase":{"virtual_items":{"items":[{"sku":"s","amount":"2"}]}}}"#,
+            r#"{"notification_type":"payment","transaction":{"id":5},"user":{"id":"u"},"purchase":{"virtual_currency":{"name":"gold","quantity":2.5}}}"#,
+            r#"{"notification_type":"payment","transaction":{"id":5},"user":{"id":"u"},"purchase":{"virtual_currency":{"name":"gold"}}}"#,
             r#"{"notification_type":7}"#,
             r#"{"notification_type":""}"#,
             r#"{"notification_type":"user_validation","user":{"id":"u"}}"#,
@@ -355,6 +367,130 @@ mod tests {
             );
             assert!(parse_value(bad).is_err());
         }
+    }
+
+    /// Every spelling of a count that is not a plain positive integer, as JSON text.
+    const BAD_COUNTS: [&str; 12] = [
+        r#""50""#,
+        "2.5",
+        "1e30",
+        "9223372036854775808",
+        "null",
+        "true",
+        "0",
+        "-3",
+        "3.0",
+        "[]",
+        "{}",
+        r#""1\u001b[31m""#,
+    ];
+
+    fn order_with(item: &str) -> Vec<u8> {
+        format!(r#"{{"notification_type":"order_paid","order":{{"id":5}},"user":{{"external_id":"u"}},"items":[{{"sku":"a","quantity":1}},{item}]}}"#).into_bytes()
+    }
+
+    fn payment_with(purchase: &str) -> Vec<u8> {
+        format!(r#"{{"notification_type":"payment","transaction":{{"id":5}},"user":{{"id":"u"}},"purchase":{purchase}}}"#).into_bytes()
+    }
+
+    fn refused(body: &[u8], mode: FulfilmentMode) -> (String, String) {
+        let full = mode.fulfilment(&parse_value(body).unwrap());
+        assert_eq!(mode.read(body), full, "pruned == full");
+        match full {
+            Err(WebhookError::BadQuantity { field, problem }) => (field, problem),
+            other => panic!("{other:?} for {}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    #[test]
+    fn refuses_order_quantities_that_are_not_positive_integers() {
+        for bad in BAD_COUNTS {
+            let body = order_with(&format!(r#"{{"sku":"b","quantity":{bad}}}"#));
+            let (field, _) = refused(&body, FulfilmentMode::default());
+            assert_eq!(field, "items[1].quantity", "{bad}");
+        }
+        let err = FulfilmentMode::default()
+            .read(&order_with(r#"{"sku":"b","quantity":"50"}"#))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"`items[1].quantity` is "50", not a positive integer"#
+        );
+        let (_, problem) = refused(
+            &order_with(r#"{"sku":"b","quantity":9223372036854775808}"#),
+            FulfilmentMode::default(),
+        );
+        assert!(problem.contains("9223372036854775807"), "{problem}");
+        let (_, problem) = refused(
+            &order_with(r#"{"sku":"b","quantity":"1\u001b[31m"}"#),
+            FulfilmentMode::default(),
+        );
+        assert!(
+            !problem.contains('\u{1b}'),
+            "the quoted value stays escaped: {problem}"
+        );
+    }
+
+    #[test]
+    fn an_absent_quantity_is_refused_since_xsolla_documents_no_default() {
+        let (field, problem) = refused(&order_with(r#"{"sku":"b"}"#), FulfilmentMode::default());
+        assert_eq!(field, "items[1].quantity");
+        assert!(problem.contains("missing"), "{problem}");
+    }
+
+    #[test]
+    fn a_huge_quoted_value_is_cut_short_in_the_error() {
+        let long = "9".repeat(5000);
+        let (_, problem) = refused(
+            &order_with(&format!(r#"{{"sku":"b","quantity":"{long}"}}"#)),
+            FulfilmentMode::default(),
+        );
+        assert!(problem.len() < 100, "{problem}");
+    }
+
+    #[test]
+    fn accepts_the_largest_count() {
+        let body = order_with(r#"{"sku":"b","quantity":9223372036854775807}"#);
+        let f = FulfilmentMode::default().read(&body).unwrap();
+        assert_eq!(f.items[1].quantity, i64::MAX);
+    }
+
+    #[test]
+    fn refuses_payment_amounts_and_currency_quantities_that_are_not_positive_integers() {
+        let mode = FulfilmentMode { payments: true };
+        for bad in BAD_COUNTS {
+            let body = payment_with(&format!(
+                r#"{{"virtual_items":{{"items":[{{"sku":"s","amount":{bad}}}]}}}}"#
+            ));
+            let (field, _) = refused(&body, mode);
+            assert_eq!(field, "purchase.virtual_items.items[0].amount", "{bad}");
+            let body = payment_with(&format!(
+                r#"{{"virtual_currency":{{"name":"gold","quantity":{bad}}}}}"#
+            ));
+            let (field, _) = refused(&body, mode);
+            assert_eq!(field, "purchase.virtual_currency.quantity", "{bad}");
+        }
+        let (field, _) = refused(
+            &payment_with(r#"{"virtual_items":{"items":[{"sku":"s"}]}}"#),
+            mode,
+        );
+        assert_eq!(field, "purchase.virtual_items.items[0].amount");
+        let (field, _) = refused(
+            &payment_with(r#"{"virtual_currency":{"name":"gold"}}"#),
+            mode,
+        );
+        assert_eq!(field, "purchase.virtual_currency.quantity");
+    }
+
+    #[test]
+    fn names_the_item_without_a_sku() {
+        let body = order_with(r#"{"sku":"","quantity":1}"#);
+        assert_eq!(
+            FulfilmentMode::default().read(&body),
+            Err(WebhookError::BadSku {
+                field: "items[1].sku".into()
+            })
+        );
     }
 
     #[test]
