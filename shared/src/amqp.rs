@@ -64,15 +64,49 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     Connection::connect(url, properties).await
 }
 
-/// The URL with its password replaced, for logs.
+/// The URL (or comma-separated list of URLs) with every password hidden, for logs and
+/// errors. Errs on the side of hiding: a part it cannot read as `scheme://[user[:pass]@]host…`
+/// shows as `<unparsable URL>`, or as `scheme://***` when only the scheme is clear. A comma
+/// inside a password splits it into parts that are each hidden this way.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    const UNPARSABLE: &str = "<unparsable URL>";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return UNPARSABLE.into();
+    };
+    let plain_scheme = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !plain_scheme {
+        return UNPARSABLE.into();
+    }
+    // The last `@` ends the user info: a password may itself hold `@`, `/` or `?`.
+    if let Some((userinfo, tail)) = rest.rsplit_once('@') {
+        return match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{tail}"),
+            None => format!("{scheme}://{userinfo}@{tail}"),
+        };
+    }
+    // No user info: `host[:port]` must look like one, else the "port" may be a password
+    // whose `@host` part is missing (`amqp://user:secret`).
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let port = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((_, "")) => Some(""),
+            Some((_, after)) => after.strip_prefix(':'),
+            None => None,
+        },
+        None => Some(authority.rsplit_once(':').map_or("", |(_, port)| port)),
+    };
+    let port_ok = port.is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    if port_ok && !authority.is_empty() {
+        url.to_owned()
+    } else {
+        format!("{scheme}://***")
     }
 }
 
@@ -204,5 +238,38 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+        assert_eq!(redact_url("amqp://[::1]:5672/%2f"), "amqp://[::1]:5672/%2f");
+        assert_eq!(redact_url("amqps://rmq.example/"), "amqps://rmq.example/");
+    }
+
+    #[test]
+    fn hides_every_shape_of_password() {
+        let secret = "S3CR3T-pw";
+        for url in [
+            format!("amqp://u:{secret}@/"),
+            format!("amqp://u:{secret}"),
+            format!("amqp://u:{secret}/vhost"),
+            format!("amqp://u:{secret}@h:5672/%2f"),
+            format!("amqp://u:a@b{secret}@h/"),
+            format!("amqp://u:p/{secret}@h/"),
+            format!("amqp://u:{secret}@h1/,amqp://v:{secret}@h2/"),
+            format!("amqp://u:pa,{secret}@h/"),
+            format!("amqp:u:{secret}@h"),
+            format!("u:{secret}@h"),
+            format!("am qp://u:{secret}@h"),
+            format!("amqp://[::1]:{secret}"),
+            format!("amqp://[::1]{secret}"),
+            format!("amqp://:{secret}"),
+            secret.to_owned(),
+        ] {
+            let shown = redact_url(&url);
+            assert!(!shown.contains(secret), "{url} shown as {shown}");
+        }
+        assert_eq!(redact_url("amqp://u:pw"), "amqp://***");
+        assert_eq!(redact_url("garbage"), "<unparsable URL>");
+        assert_eq!(
+            redact_url("amqp://u:a@h1/,amqp://h2:5672/"),
+            "amqp://u:***@h1/,amqp://h2:5672/"
+        );
     }
 }

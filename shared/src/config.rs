@@ -113,6 +113,8 @@ pub fn parse_amqp_url(s: &str) -> Result<String, String> {
         ));
     }
     s.parse::<lapin::uri::AMQPUri>().map_err(|e| {
+        // Some of the parser's messages quote the whole URL, password included.
+        let e = if e.contains(s) { "not a URL".into() } else { e };
         format!(
             "`{}` is not a valid AMQP URL: {e}",
             crate::amqp::redact_url(s)

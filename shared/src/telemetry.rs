@@ -14,11 +14,18 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber; `RUST_LOG` filters (default `info`).
+/// The filter when `RUST_LOG` is unset. lapin logs every failed connection attempt at
+/// ERROR from three places (`lapin::channel`, `lapin::channels`, `lapin::io_loop`), and
+/// every error it logs is also returned to us, and logged once by our own code with the
+/// broker's redacted URL (`shared::amqp`: "cannot connect to RabbitMQ", "lost the RabbitMQ
+/// connection"). So lapin is silenced by default; `RUST_LOG=info,lapin=debug` brings it back.
+pub const DEFAULT_LOG_FILTER: &str = "info,lapin=off";
+
+/// Installs the global tracing subscriber; `RUST_LOG` filters (default [`DEFAULT_LOG_FILTER`]).
 /// Safe to call more than once (later calls do nothing), which tests rely on.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     // Colour codes only for a terminal: formatting them for a log file costs CPU per line.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -46,7 +46,7 @@ async fn setup(faults: Faults) -> Setup {
     .await
     .expect("demo inventory");
     let mut args = test_args(&vhost.amqp_url(), &inventory.url());
-    args.inventory_token = Some(Token(TOKEN.into()));
+    args.inventory_token = Some(Token::new(TOKEN));
     let broker = Broker::for_worker(&args).await.expect("suite connects");
     Setup {
         vhost,
@@ -343,6 +343,33 @@ async fn a_permanent_refusal_goes_to_the_dlq_at_once_with_its_reason() {
             &[("reason", "permanent")]
         ) >= 1.0
     );
+}
+
+#[tokio::test]
+async fn a_refused_inventory_token_is_retried_through_the_tiers_not_dead_lettered() {
+    let mut s = setup(Faults::none()).await;
+    // A rotated token: the game answers 401 to every call.
+    s.args.inventory_token = Some(Token::new("S3CR3T-rotated-away"));
+    let worker = s.worker().await;
+    let before = metric_sum(
+        &metrics(worker.ops).await.unwrap(),
+        "worker_inventory_auth_failures_total",
+        &[],
+    );
+    s.publish_orders([12]).await;
+    // One call and one quick retry per delivery: a third call came back from a tier.
+    s.inventory
+        .wait_for(|s| s.answered(Endpoint::Grants, 401) >= 3, WITHIN)
+        .await
+        .unwrap();
+    let text = metrics(worker.ops).await.unwrap();
+    assert!(
+        metric_sum(&text, "worker_retries_total", &[("tier", "200ms")]) >= 1.0,
+        "went to a delay tier: {text}"
+    );
+    assert!(metric_sum(&text, "worker_inventory_auth_failures_total", &[]) >= before + 3.0);
+    assert_eq!(s.broker.queue_len(DLQ).await.unwrap(), 0, "nothing parked");
+    assert!(s.inventory.state().grants.is_empty());
 }
 
 #[tokio::test]

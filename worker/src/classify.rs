@@ -58,6 +58,14 @@ impl FulfilError {
     }
 }
 
+/// Added to the error of a 401/403: the configuration is at fault, not the event.
+pub const AUTH_REFUSED: &str = " (the inventory API refused INVENTORY_TOKEN)";
+
+/// Whether `status` says the inventory API refused our credentials.
+pub fn is_auth_refusal(status: u16) -> bool {
+    matches!(status, 401 | 403)
+}
+
 /// Judges one reply to a grant or revocation call.
 pub fn classify(effect: Effect, reply: &Reply) -> Result<(), FulfilError> {
     let (status, retry_after, body) = match reply {
@@ -90,6 +98,10 @@ pub fn classify(effect: Effect, reply: &Reply) -> Result<(), FulfilError> {
             Err(FulfilError::Transient(failure(" (grant not seen yet)")))
         }
         408 | 425 | 429 | 500..=599 => Err(FulfilError::Transient(failure(""))),
+        // The game refused our credentials, not this order: a rotated or mistyped
+        // INVENTORY_TOKEN would otherwise park every order as permanent. Retried through
+        // the tiers until the configuration is fixed (or the budget runs out).
+        401 | 403 => Err(FulfilError::Transient(failure(AUTH_REFUSED))),
         // Other 4xx (including 409 on a grant: the game says this key conflicts) and
         // anything outside the contract (1xx, 3xx: we do not follow redirects for a POST).
         _ => Err(FulfilError::Permanent(failure(""))),
@@ -155,8 +167,10 @@ mod tests {
             (Grant, 503, "transient"),
             (Grant, 504, "transient"),
             (Grant, 400, "permanent"),
-            (Grant, 401, "permanent"),
-            (Grant, 403, "permanent"),
+            (Grant, 401, "transient"),
+            (Grant, 403, "transient"),
+            (Revoke, 401, "transient"),
+            (Revoke, 403, "transient"),
             (Grant, 404, "permanent"),
             (Revoke, 422, "permanent"),
             (Grant, 301, "permanent"),
@@ -190,6 +204,17 @@ mod tests {
         assert_eq!(f.status, Some(429));
         assert_eq!(f.retry_after, Some(Duration::from_secs(7)));
         assert_eq!(f.error, r#"HTTP 429: {"error":"slow down"}"#);
+    }
+
+    #[test]
+    fn an_auth_refusal_blames_the_token_not_the_event() {
+        let err = classify(Effect::Grant, &answered(401)).unwrap_err();
+        assert!(matches!(err, FulfilError::Transient(_)));
+        assert_eq!(
+            err.failure().error,
+            "HTTP 401 (the inventory API refused INVENTORY_TOKEN)"
+        );
+        assert!(is_auth_refusal(403) && !is_auth_refusal(404));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
 use shared::{
     config::{BrokerArgs, Delays, parse_duration},
     telemetry::LogFormat,
@@ -16,11 +17,11 @@ pub struct WorkerArgs {
 
     /// Base URL of the game's inventory API; the worker POSTs to `{url}/grants` and
     /// `{url}/revocations`. Required to run the consumer.
-    #[arg(long, env = "INVENTORY_URL", value_parser = parse_inventory_url)]
+    #[arg(long, env = "INVENTORY_URL", value_parser = INVENTORY_URL)]
     pub inventory_url: Option<Url>,
 
     /// Bearer token sent as `Authorization: Bearer …` to the inventory API (never logged).
-    #[arg(long, env = "INVENTORY_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    #[arg(long, env = "INVENTORY_TOKEN", hide_env_values = true, value_parser = INVENTORY_TOKEN)]
     pub inventory_token: Option<Token>,
 
     /// Deadline of one inventory call (connect, send, answer).
@@ -89,9 +90,22 @@ impl WorkerArgs {
     }
 }
 
-/// A secret that `Debug` does not print.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(pub String);
+/// The inventory bearer token, held as a [`SecretString`] from parsing on: `Debug` prints
+/// `[REDACTED]`, the memory is zeroed on drop, and reading it takes an explicit
+/// [`Token::expose`].
+#[derive(Clone)]
+pub struct Token(SecretString);
+
+impl Token {
+    pub fn new(token: &str) -> Token {
+        Token(SecretString::from(token))
+    }
+
+    /// The token itself, for the `Authorization` header and nothing else.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,25 +113,71 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// A clap value parser that never echoes the value it refuses. A plain `value_parser`
+/// function cannot do that: clap prints `invalid value '<the value>' for …` around its
+/// error, which for `INVENTORY_TOKEN` is the token and for `INVENTORY_URL` may hold a
+/// password. This one builds the whole one-line error itself, naming the option.
+#[derive(Clone, Copy)]
+struct Quiet<T: 'static> {
+    option: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Quiet<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            quiet_error(self.option, "is not valid UTF-8 (its value is not shown)")
+        })?;
+        (self.parse)(text).map_err(|problem| quiet_error(self.option, &problem))
+    }
+}
+
+fn quiet_error(option: &str, problem: &str) -> clap::Error {
+    clap::Error::raw(
+        clap::error::ErrorKind::ValueValidation,
+        format!("{option} {problem}\n"),
+    )
+}
+
+const INVENTORY_TOKEN: Quiet<Token> = Quiet {
+    option: "INVENTORY_TOKEN (--inventory-token)",
+    parse: parse_token,
+};
+
+const INVENTORY_URL: Quiet<Url> = Quiet {
+    option: "INVENTORY_URL (--inventory-url)",
+    parse: parse_inventory_url,
+};
+
 fn parse_token(s: &str) -> Result<Token, String> {
     let s = s.trim();
     // A header value must be visible ASCII; refusing here beats a failing request later.
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("must be non-empty visible ASCII (no spaces)".into());
+        return Err("must be non-empty visible ASCII, no spaces (its value is not shown)".into());
     }
-    Ok(Token(s.to_owned()))
+    Ok(Token::new(s))
 }
 
-/// Accepts absolute `http://` and `https://` URLs; a trailing `/` is ignored.
+/// Accepts absolute `http://` and `https://` URLs; a trailing `/` is ignored. Errors show
+/// the URL with any password hidden.
 pub fn parse_inventory_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s.trim()).map_err(|e| format!("`{s}` is not a URL ({e})"))?;
+    let shown = || shared::amqp::redact_url(s.trim());
+    let url = Url::parse(s.trim()).map_err(|e| format!("`{}` is not a URL ({e})", shown()))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(format!(
-            "`{s}` must be an http:// or https:// URL with a host"
+            "`{}` must be an http:// or https:// URL with a host",
+            shown()
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{s}` must not have a query or fragment"));
+        return Err(format!("`{}` must not have a query or fragment", shown()));
     }
     Ok(url)
 }
@@ -156,6 +216,23 @@ mod tests {
     fn never_prints_the_token() {
         let t = parse_token("s3cret").unwrap();
         assert!(!format!("{t:?}").contains("s3cret"));
+        assert_eq!(t.expose(), "s3cret");
         assert!(parse_token("a b").is_err());
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: WorkerArgs,
+        }
+        let err = <Cli as clap::Parser>::try_parse_from([
+            "worker",
+            "--inventory-token",
+            "S3CR3T-with space",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("INVENTORY_TOKEN") && !err.contains("S3CR3T"),
+            "{err}"
+        );
     }
 }

@@ -11,9 +11,25 @@ use serde::Serialize;
 use shared::webhook::{Effect, Fulfilment, Item};
 
 use crate::{
-    classify::{Reply, parse_retry_after, truncate},
+    classify::{Reply, is_auth_refusal, parse_retry_after, truncate},
     config::Token,
 };
+
+/// Calls the inventory API refused with 401/403: a token problem, alerted on by itself.
+pub const AUTH_FAILURES: &str = "worker_inventory_auth_failures_total";
+
+/// Registers the inventory client's series at 0, so a dashboard sees "no auth failures"
+/// rather than nothing. Installs the process recorder first if no one has yet.
+pub fn register_metrics() {
+    let _ = shared::telemetry::metrics_handle();
+    metrics::describe_counter!(
+        AUTH_FAILURES,
+        "Inventory API calls refused with 401 or 403 (INVENTORY_TOKEN wrong or rotated); retried, never dead-lettered for that"
+    );
+    // `increment(0)`, not `absolute(0)`: a second client in the same process (tests) must not
+    // reset what the first counted.
+    metrics::counter!(AUTH_FAILURES).increment(0);
+}
 
 /// How much of an error answer's body we keep (logs, `x-last-error`).
 const BODY_EXCERPT: usize = 512;
@@ -79,7 +95,7 @@ impl InventoryClient {
         };
         let authorization = token
             .map(|t| {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.0))?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))?;
                 v.set_sensitive(true);
                 Ok::<_, anyhow::Error>(v)
             })
@@ -90,6 +106,7 @@ impl InventoryClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("xsolla-bridge-worker/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        register_metrics();
         Ok(InventoryClient {
             http,
             grants: endpoint("grants")?,
@@ -119,6 +136,16 @@ impl InventoryClient {
         let reply = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
+                if is_auth_refusal(status) {
+                    metrics::counter!(AUTH_FAILURES).increment(1);
+                    // Every order fails the same way until the token is fixed: say so
+                    // loudly, and which option to look at (never its value).
+                    tracing::error!(
+                        status,
+                        endpoint,
+                        "the inventory API refused INVENTORY_TOKEN; check the token the game expects (retrying, nothing is dead-lettered for this)"
+                    );
+                }
                 let retry_after = response
                     .headers()
                     .get(RETRY_AFTER)

@@ -84,7 +84,7 @@ async fn serve(status: u16, retry_after: Option<&'static str>) -> (Url, Arc<Mute
 
 fn context(url: &Url, mode: FulfilmentMode) -> Context {
     Context {
-        inventory: InventoryClient::new(url, Some(&Token("t0ken".into())), Duration::from_secs(5))
+        inventory: InventoryClient::new(url, Some(&Token::new("t0ken")), Duration::from_secs(5))
             .unwrap(),
         policy: RetryPolicy {
             tiers: vec![Duration::from_millis(200), Duration::from_millis(500)],
