@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::{
     classify::{FulfilError, classify},
     inventory::{InventoryClient, InventoryRequest},
-    retry::{NextStep, RetryPolicy, started_at},
+    retry::{MAX_ATTEMPTS, NextStep, RetryPolicy, started_at},
 };
 
 /// What [`process`] needs: the inventory client, the retry policy and the mode.
@@ -54,13 +54,14 @@ impl Message<'_> {
         self.properties.headers().as_ref()
     }
 
-    /// Failed deliveries so far (`x-attempts`; 0 when fresh from the ingress).
+    /// Failed deliveries so far (`x-attempts`; 0 when fresh from the ingress), at most
+    /// [`MAX_ATTEMPTS`]: a crafted count is believed no further than any budget needs.
     pub fn prior_attempts(&self) -> u32 {
         let n = self
             .headers()
             .and_then(|h| h.get_int(header::ATTEMPTS))
             .unwrap_or(0);
-        u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+        u32::try_from(n.clamp(0, i64::from(MAX_ATTEMPTS))).unwrap_or(MAX_ATTEMPTS)
     }
 }
 
@@ -192,10 +193,9 @@ async fn fulfil(
         Err(FulfilError::Transient(failure)) => failure,
     };
     let prior = attempts - 1;
-    let started = started_at(msg.headers(), *msg.properties.timestamp());
-    let elapsed = ctx
-        .policy
-        .elapsed(started, OffsetDateTime::now_utc(), prior);
+    let now = OffsetDateTime::now_utc();
+    let started = started_at(msg.headers(), *msg.properties.timestamp(), now);
+    let elapsed = ctx.policy.elapsed(started, now, prior);
     match ctx.policy.next_step(prior, failure.retry_after, elapsed) {
         NextStep::Delay(delay) => {
             tracing::warn!(error = %failure, retry_in = ?delay, "inventory call failed; retrying later");
@@ -279,6 +279,15 @@ mod tests {
         assert_eq!(m.prior_attempts(), 4);
         assert_eq!(route_project(&m), Some(18404));
         assert_eq!(received_at(&m), "2025-03-01T10:00:00Z");
+
+        let mut h = FieldTable::default();
+        h.set_int(header::ATTEMPTS, 4_294_967_294);
+        let p = props(h);
+        assert_eq!(msg(b"{}", &p).prior_attempts(), MAX_ATTEMPTS, "capped");
+        let mut h = FieldTable::default();
+        h.set_int(header::ATTEMPTS, -5);
+        let p = props(h);
+        assert_eq!(msg(b"{}", &p).prior_attempts(), 0);
 
         let bare = props(FieldTable::default());
         let m = msg(b"{}", &bare);
