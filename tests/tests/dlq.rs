@@ -791,3 +791,31 @@ async fn a_message_naming_no_type_stays_and_exits_1() {
     );
     assert_eq!(env.len(WORK_QUEUE).await, 1);
 }
+
+#[tokio::test]
+async fn a_routing_key_longer_than_amqp_allows_is_unroutable_not_a_panic() {
+    let env = Env::new().await;
+    let id = env.park_orders(1300, 1).await.remove(0);
+    let long_id = "22222222-2222-4333-8444-555555555555";
+    let body = order_paid(1301);
+    let mut h = FieldTable::default();
+    h.set_str(header::DLQ_ID, long_id)
+        .set_str(header::ROUTING_KEY, &"k".repeat(300))
+        .set_str(header::NOTIFICATION_TYPE, "order_paid")
+        .set_str(header::DEAD_REASON, "permanent");
+    env.broker
+        .publish("", DLQ, &body, envelope::properties("order_paid:1301", h))
+        .await
+        .unwrap();
+
+    let run = cli(&env.url(), &["replay", long_id]).await;
+    assert_eq!(run.code, exit::PARTIAL as i32, "{}", run.stderr);
+    assert!(run.stderr.contains(long_id), "{}", run.stderr);
+    assert!(run.stderr.contains("255"), "{}", run.stderr);
+    let run = cli(&env.url(), &["replay", "--all", "--json"]).await;
+    assert_eq!(run.code, exit::PARTIAL as i32, "{}", run.stderr);
+    assert_eq!(ids_of(&run.json(), "replayed"), [id]);
+    assert_eq!(ids_of(&run.json(), "unroutable"), [long_id]);
+    assert_eq!(env.list_ids().await, [long_id], "left in the DLQ");
+    assert_eq!(env.len(WORK_QUEUE).await, 1);
+}

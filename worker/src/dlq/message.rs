@@ -77,7 +77,7 @@ impl DeadLetter {
             .get_str(header::ROUTING_KEY)
             .or_else(|| notification_type.clone())
             .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
-            .filter(|rk| !rk.is_empty());
+            .filter(|rk| is_routing_key(rk));
         let reason = headers
             .get_str(header::DEAD_REASON)
             .or_else(|| death.as_ref().and_then(|d| d.reason.clone()))
@@ -135,6 +135,15 @@ impl DeadLetter {
     pub fn is_type(&self, notification_type: &str) -> bool {
         self.notification_type.as_deref() == Some(notification_type)
     }
+}
+
+/// Longest routing key AMQP can carry (a `shortstr`); lapin panics on a longer one.
+pub const ROUTING_KEY_MAX: usize = 255;
+
+/// Whether `rk` can be published with. A longer one (a hostile or corrupted header) makes
+/// the message unroutable, left in the DLQ, rather than guessed from another source.
+pub fn is_routing_key(rk: &str) -> bool {
+    !rk.is_empty() && rk.len() <= ROUTING_KEY_MAX
 }
 
 /// Id of a message that has no `x-dlq-id` (RabbitMQ parked it, e.g. when the work queue's
@@ -309,6 +318,17 @@ mod tests {
         let m = DeadLetter::new(props, b"not json".to_vec());
         assert_eq!(m.notification_type, None);
         assert_eq!(m.routing_key.as_deref(), Some("order_canceled"));
+    }
+
+    #[test]
+    fn a_routing_key_longer_than_amqp_allows_makes_it_unroutable() {
+        let mut h = worker_parked().headers().clone().unwrap();
+        h.set_str(header::ROUTING_KEY, &"k".repeat(256));
+        let m = DeadLetter::new(worker_parked().with_headers(h.clone()), BODY.to_vec());
+        assert_eq!(m.routing_key, None, "not guessed from the type either");
+        h.set_str(header::ROUTING_KEY, &"k".repeat(255));
+        let m = DeadLetter::new(worker_parked().with_headers(h), BODY.to_vec());
+        assert_eq!(m.routing_key.map(|k| k.len()), Some(255));
     }
 
     #[test]

@@ -171,7 +171,7 @@ async fn run(conn: &DlqConnection, args: &DlqArgs) -> Result<u8, DlqError> {
                 }
                 for m in &report.unroutable {
                     eprintln!(
-                        "worker dlq: {} names no notification type or routing key; left in the DLQ",
+                        "worker dlq: {} names no usable routing key (none, or longer than AMQP's 255 bytes); left in the DLQ",
                         m.id
                     );
                 }
