@@ -819,3 +819,71 @@ async fn a_routing_key_longer_than_amqp_allows_is_unroutable_not_a_panic() {
     assert_eq!(env.list_ids().await, [long_id], "left in the DLQ");
     assert_eq!(env.len(WORK_QUEUE).await, 1);
 }
+
+/// Characters that must never reach an operator's terminal raw from `worker dlq`'s text
+/// output (ESC, C1 CSI, BEL, CR, line separator, bidi override and isolate).
+const TERMINAL_UNSAFE: [char; 7] = [
+    '\u{1b}', '\u{9b}', '\u{7}', '\r', '\u{2028}', '\u{202e}', '\u{2066}',
+];
+
+#[tokio::test]
+async fn text_output_escapes_terminal_control_sequences_and_json_stays_exact() {
+    let env = Env::new().await;
+    let hostile = "\u{1b}[31mred\u{1b}]0;pwned\u{7}\r\u{9b}2J\u{2028}\u{202e}txt\u{2066}";
+    let mut body: Value = serde_json::from_slice(&order_paid(1400)).unwrap();
+    body["user"]["external_id"] = Value::from(format!("user{hostile}"));
+    let body = serde_json::to_vec(&body).unwrap();
+    let id = env
+        .park(&body, &format!("permanent{hostile}"), Some(422), hostile)
+        .await;
+    // A body that is not JSON, printed as text by `show`.
+    let raw_id = "33333333-2222-4333-8444-555555555555";
+    let mut h = FieldTable::default();
+    h.set_str(header::DLQ_ID, raw_id)
+        .set_str(header::NOTIFICATION_TYPE, "order_paid")
+        .set_str(&format!("x-evil{hostile}"), hostile);
+    env.broker
+        .publish(
+            "",
+            DLQ,
+            format!("not json {hostile}\nsecond line").as_bytes(),
+            envelope::properties("junk", h),
+        )
+        .await
+        .unwrap();
+
+    for args in [
+        vec!["list"],
+        vec!["show", id.as_str()],
+        vec!["show", raw_id],
+        vec!["replay", "--all", "--dry-run"],
+    ] {
+        let run = cli(&env.url(), &args).await;
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        let text = run.text() + &run.stderr;
+        for c in TERMINAL_UNSAFE {
+            assert!(!text.contains(c), "{args:?} printed {c:?} raw: {text:?}");
+        }
+        assert!(
+            text.contains("\\u{1b}[31m"),
+            "{args:?} shows it escaped: {text}"
+        );
+    }
+    let run = cli(&env.url(), &["show", raw_id]).await;
+    assert!(
+        run.text().contains("second line\n"),
+        "a body keeps its newlines"
+    );
+
+    let run = cli(&env.url(), &["show", &id, "--json"]).await;
+    let doc = run.json();
+    assert_eq!(doc["last_error"], hostile, "JSON is exact");
+    assert_eq!(doc["user_id"], format!("user{hostile}"));
+    assert_eq!(doc["body_raw"].as_str().unwrap().as_bytes(), body);
+    let run = cli(&env.url(), &["list", "--json"]).await;
+    assert!(!run.text().contains('\u{1b}'), "serde escapes it in JSON");
+    assert_eq!(
+        run.json()["messages"][0]["reason"],
+        format!("permanent{hostile}")
+    );
+}

@@ -25,6 +25,7 @@
 
 pub mod args;
 pub mod error;
+pub mod escape;
 pub mod message;
 pub mod pretty;
 pub mod purge;
@@ -172,7 +173,7 @@ async fn run(conn: &DlqConnection, args: &DlqArgs) -> Result<u8, DlqError> {
                 for m in &report.unroutable {
                     eprintln!(
                         "worker dlq: {} names no usable routing key (none, or longer than AMQP's 255 bytes); left in the DLQ",
-                        m.id
+                        escape::line(&m.id)
                     );
                 }
                 let verb = if report.dry_run {

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use shared::{envelope::value_to_string, topology};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{message::DeadLetter, purge::PurgeReport, read::Listing, replay::ReplayReport};
+use super::{escape, message::DeadLetter, purge::PurgeReport, read::Listing, replay::ReplayReport};
 
 /// The summary of one message, as `list` and the other commands print it in JSON.
 pub fn entry_json(m: &DeadLetter) -> Value {
@@ -56,7 +56,7 @@ pub fn listing_text(listing: &Listing) -> String {
         .iter()
         .map(|m| {
             [
-                m.id.clone(),
+                escape::line(&m.id).into_owned(),
                 or_dash(m.notification_type.as_deref()),
                 or_dash(m.order_id.as_deref()),
                 or_dash(m.user_id.as_deref()),
@@ -117,6 +117,7 @@ fn last_outcome(m: &DeadLetter) -> String {
         (None, Some(e)) if !e.is_empty() => e,
         _ => "-".into(),
     };
+    let text = escape::line(&text).into_owned();
     if text.chars().count() > 80 {
         text.chars().take(79).collect::<String>() + "…"
     } else {
@@ -124,8 +125,9 @@ fn last_outcome(m: &DeadLetter) -> String {
     }
 }
 
+/// The text, escaped for a terminal, or `-` when there is none.
 fn or_dash(s: Option<&str>) -> String {
-    s.filter(|s| !s.is_empty()).unwrap_or("-").to_owned()
+    escape::line(s.filter(|s| !s.is_empty()).unwrap_or("-")).into_owned()
 }
 
 /// `show --json`: the summary fields, `copies`, `properties`, `headers`, and the body three
@@ -160,7 +162,7 @@ pub fn show_json(m: &DeadLetter, copies: usize) -> Value {
 pub fn show_text(m: &DeadLetter, copies: usize) -> String {
     let mut out = format!(
         "id: {}{}\n",
-        m.id,
+        escape::line(&m.id),
         if m.id_derived { " (derived)" } else { "" }
     );
     if copies > 1 {
@@ -171,19 +173,23 @@ pub fn show_text(m: &DeadLetter, copies: usize) -> String {
     out.push_str("\nproperties:\n");
     if let Value::Object(props) = properties_json(&m.properties) {
         for (k, v) in props {
-            out.push_str(&format!("  {k}: {}\n", scalar_text(&v)));
+            out.push_str(&format!("  {k}: {}\n", escape::line(&scalar_text(&v))));
         }
     }
     out.push_str("\nheaders:\n");
     for (k, v) in m.headers().inner() {
-        out.push_str(&format!("  {}: {}\n", k.as_str(), header_text(v)));
+        out.push_str(&format!(
+            "  {}: {}\n",
+            escape::line(k.as_str()),
+            escape::line(&header_text(v))
+        ));
     }
     out.push_str(&format!("\nbody ({} bytes):\n", m.body.len()));
     match std::str::from_utf8(&m.body) {
         Ok(text) if serde_json::from_str::<Value>(text).is_ok() => {
-            out.push_str(&super::pretty::pretty_json(text))
+            out.push_str(&escape::block(&super::pretty::pretty_json(text)))
         }
-        Ok(text) => out.push_str(text),
+        Ok(text) => out.push_str(&escape::block(text)),
         Err(_) => out.push_str(&format!("(not UTF-8) {}", hex::encode(&m.body))),
     }
     out.push('\n');
@@ -289,7 +295,7 @@ pub fn purge_line(m: &DeadLetter) -> String {
 pub fn describe(m: &DeadLetter) -> String {
     format!(
         "{}  {}  order {}  user {}",
-        m.id,
+        escape::line(&m.id),
         or_dash(m.notification_type.as_deref()),
         or_dash(m.order_id.as_deref()),
         or_dash(m.user_id.as_deref())
