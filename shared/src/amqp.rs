@@ -149,13 +149,18 @@ impl Link {
     }
 }
 
-/// Delays between attempts to reach the broker: 100 ms doubling to 2 s, jittered so a fleet
-/// does not reconnect in lockstep. Capped low because every second without a broker is a
-/// second of 503s at the edge; an attempt costs the broker one refused TCP connection.
+/// Longest delay between attempts to reach the broker, jitter included.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// Delays between attempts to reach the broker: 100 ms doubling to 1 s, plus up to 100 %
+/// jitter so a fleet does not reconnect in lockstep; every delay is under [`RECONNECT_MAX`]
+/// (backon adds its jitter *after* the cap, so the cap is half of it). Capped low because
+/// every second without a broker is a second of 503s at the edge; an attempt costs the
+/// broker one refused TCP connection.
 pub fn reconnect_backoff() -> impl Iterator<Item = Duration> + Send {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
+        .with_max_delay(RECONNECT_MAX / 2)
         .with_jitter()
         .without_max_times()
         .build()
@@ -229,7 +234,25 @@ async fn watch_health(session: &Session, suspect: &Notify, shutdown: &Cancellati
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_stay_under_the_documented_cap_jitter_included() {
+        let mut longest = Duration::ZERO;
+        for _ in 0..500 {
+            for d in reconnect_backoff().take(20) {
+                assert!(
+                    d >= Duration::from_millis(100) && d < RECONNECT_MAX,
+                    "{d:?}"
+                );
+                longest = longest.max(d);
+            }
+        }
+        assert!(
+            longest > RECONNECT_MAX / 2,
+            "jittered above the base cap: {longest:?}"
+        );
+    }
 
     #[test]
     fn redacts_the_password_only() {

@@ -22,8 +22,9 @@ pub struct BrokerArgs {
     )]
     pub amqp_url: String,
 
-    /// Delay tiers for retries, comma-separated durations (`10s,1m,10m,1h`). One quorum queue
-    /// is declared per tier; the last tier repeats until the retry budget is spent.
+    /// Delay tiers for retries, comma-separated durations (`10s,1m,10m,1h`), each at least
+    /// 100ms. One quorum queue is declared per tier; the last tier repeats until the retry
+    /// budget is spent.
     #[arg(long, env = "RETRY_DELAYS", default_value = "10s,1m,10m,1h", value_parser = parse_delays)]
     pub retry_delays: Delays,
 
@@ -32,8 +33,9 @@ pub struct BrokerArgs {
     #[arg(long, env = "FULFIL_PAYMENTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub fulfil_payments: bool,
 
-    /// Longest wait for a publisher confirm before the publish counts as failed.
-    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    /// Longest wait for a publisher confirm before the publish counts as failed; at least
+    /// 100ms (a confirm from a quorum queue takes a few ms on a quiet local broker).
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_publish_timeout)]
     pub publish_timeout: Duration,
 
     /// How long the order-event stream (`xsolla.order-events`) keeps events: what
@@ -86,11 +88,37 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses a comma-separated list of durations.
+/// Shortest delay tier. Below it a "delay" is a hot loop between the work queue and the
+/// tier (`1ns` became a 0 ms TTL), and RabbitMQ's TTLs are whole milliseconds anyway. Not
+/// a second: the suites walk 200 ms tiers to stay fast.
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Shortest `PUBLISH_TIMEOUT`: below it ordinary confirms (a quorum queue's take a few ms,
+/// more under load) would count as failures and every publish would be retried or 503.
+pub const MIN_PUBLISH_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A duration of at least `min`.
+fn at_least(s: &str, min: Duration) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min {
+        return Err(format!(
+            "`{}` is shorter than the minimum of {min:?}",
+            s.trim()
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses `PUBLISH_TIMEOUT`: a duration of at least [`MIN_PUBLISH_TIMEOUT`].
+pub fn parse_publish_timeout(s: &str) -> Result<Duration, String> {
+    at_least(s, MIN_PUBLISH_TIMEOUT)
+}
+
+/// Parses a comma-separated list of durations, each at least [`MIN_RETRY_DELAY`].
 pub fn parse_delays(s: &str) -> Result<Delays, String> {
     let delays = s
         .split(',')
-        .map(parse_duration)
+        .map(|d| at_least(d, MIN_RETRY_DELAY))
         .collect::<Result<Vec<_>, _>>()?;
     if delays.is_empty() {
         return Err("at least one delay is needed".into());
@@ -136,6 +164,24 @@ mod tests {
         assert!(parse_delays("10s,,1m").is_err());
         assert!(parse_delays("0s").is_err());
         assert!(parse_delays("ten").unwrap_err().contains("`ten`"));
+        assert_eq!(
+            parse_delays("100ms,200ms").unwrap().0,
+            [100, 200].map(Duration::from_millis).to_vec()
+        );
+    }
+
+    #[test]
+    fn refuses_delays_and_timeouts_below_their_minimums() {
+        for tiny in ["1ns", "99ms", "10s,1us"] {
+            let err = parse_delays(tiny).unwrap_err();
+            assert!(err.contains("minimum of 100ms"), "{tiny}: {err}");
+        }
+        assert!(parse_publish_timeout("1ns").unwrap_err().contains("100ms"));
+        assert!(parse_publish_timeout("50ms").is_err());
+        assert_eq!(
+            parse_publish_timeout("100ms"),
+            Ok(Duration::from_millis(100))
+        );
     }
 
     #[test]

@@ -151,3 +151,17 @@ async fn a_refused_broker_login_is_logged_once_per_attempt_without_the_password(
     let noise: Vec<_> = output.lines().filter(|l| l.contains("lapin")).collect();
     assert!(noise.is_empty(), "lapin's own lines: {noise:#?}");
 }
+
+#[tokio::test]
+async fn delays_and_timeouts_below_their_minimums_are_refused() {
+    for (name, flag, value) in [
+        ("RETRY_DELAYS", "--retry-delays", "1ns"),
+        ("RETRY_DELAYS", "--retry-delays", "10s,50ms"),
+        ("PUBLISH_TIMEOUT", "--publish-timeout", "1ns"),
+    ] {
+        let r = run(&[], &[(name, value)]).await;
+        assert_eq!(r.code, Some(2), "{name}={value}: {}", r.output);
+        assert!(r.output.contains(flag), "{name}={value}: {}", r.output);
+        assert!(r.output.contains("minimum of 100ms"), "{}", r.output);
+    }
+}
