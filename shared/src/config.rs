@@ -17,7 +17,7 @@ pub struct BrokerArgs {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = DEFAULT_AMQP_URL,
         hide_env_values = true
     )]
     pub amqp_url: String,
@@ -52,9 +52,7 @@ pub struct BrokerArgs {
 impl BrokerArgs {
     /// Checks what the clap parsers leave out; the error names the option.
     pub fn validate(&self) -> Result<(), String> {
-        parse_amqp_url(&self.amqp_url)
-            .map(drop)
-            .map_err(|e| format!("AMQP_URL (--amqp-url): {e}"))
+        check_amqp_url(&self.amqp_url)
     }
 
     pub fn topology(&self) -> Topology {
@@ -130,6 +128,18 @@ pub fn parse_delays(s: &str) -> Result<Delays, String> {
         ));
     }
     Ok(Delays(delays))
+}
+
+/// `AMQP_URL`'s default, for every binary and `worker dlq`.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Checks an `AMQP_URL` value; the one-line error names the option and hides the password.
+/// `AMQP_URL` is taken as a plain string and checked here, not by a clap value parser,
+/// because clap would echo the bad value, password included.
+pub fn check_amqp_url(url: &str) -> Result<(), String> {
+    parse_amqp_url(url)
+        .map(drop)
+        .map_err(|e| format!("AMQP_URL (--amqp-url): {e}"))
 }
 
 /// Accepts `amqp://` and `amqps://` URLs that lapin can parse.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shared::config::{parse_amqp_url, parse_duration};
+use shared::config::{DEFAULT_AMQP_URL, check_amqp_url, parse_duration};
 
 use super::Selection;
 
@@ -20,13 +20,14 @@ pub struct DlqArgs {
 /// before or after the subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DlqBrokerArgs {
-    // Checked by `DlqBrokerArgs::validate`, not by a clap parser, which would echo a bad
-    // value, password included.
+    // The same option as `shared::config::BrokerArgs::amqp_url` (default and check shared),
+    // declared again only because here it must be `global` (accepted after the subcommand),
+    // which the worker's top-level copy cannot be without clashing with this one.
     /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`).
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = DEFAULT_AMQP_URL,
         hide_env_values = true,
         global = true
     )]
@@ -40,9 +41,7 @@ pub struct DlqBrokerArgs {
 impl DlqBrokerArgs {
     /// Checks the URL; the error names the option and hides the password.
     pub fn validate(&self) -> Result<(), String> {
-        parse_amqp_url(&self.amqp_url)
-            .map(drop)
-            .map_err(|e| format!("AMQP_URL (--amqp-url): {e}"))
+        check_amqp_url(&self.amqp_url)
     }
 }
 
