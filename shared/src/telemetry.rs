@@ -21,11 +21,16 @@ pub enum LogFormat {
 /// connection"). So lapin is silenced by default; `RUST_LOG=info,lapin=debug` brings it back.
 pub const DEFAULT_LOG_FILTER: &str = "info,lapin=off";
 
+/// Applied whatever `RUST_LOG` says: amq-protocol-tcp logs the parsed broker URL with
+/// `Debug` at TRACE ("Connecting."), password in clear.
+const NEVER_TRACE: &str = "amq_protocol_tcp=debug";
+
 /// Installs the global tracing subscriber; `RUST_LOG` filters (default [`DEFAULT_LOG_FILTER`]).
 /// Safe to call more than once (later calls do nothing), which tests rely on.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER))
+        .add_directive(NEVER_TRACE.parse().expect("static directive"));
     // Colour codes only for a terminal: formatting them for a log file costs CPU per line.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
