@@ -351,11 +351,12 @@ async fn a_refused_inventory_token_is_retried_through_the_tiers_not_dead_lettere
     // A rotated token: the game answers 401 to every call.
     s.args.inventory_token = Some(Token::new("S3CR3T-rotated-away"));
     let worker = s.worker().await;
-    let before = metric_sum(
-        &metrics(worker.ops).await.unwrap(),
-        "worker_inventory_auth_failures_total",
-        &[],
+    let at_start = metrics(worker.ops).await.unwrap();
+    assert!(
+        at_start.contains("worker_inventory_auth_failures_total"),
+        "registered at start-up: {at_start}"
     );
+    let before = metric_sum(&at_start, "worker_inventory_auth_failures_total", &[]);
     s.publish_orders([12]).await;
     // One call and one quick retry per delivery: a third call came back from a tier.
     s.inventory

@@ -180,6 +180,54 @@ async fn revokes_through_the_revocations_endpoint() {
 }
 
 #[tokio::test]
+async fn a_refused_token_is_retried_not_dead_lettered() {
+    for status in [401, 403] {
+        let (url, _calls) = serve(status, None).await;
+        let ctx = context(&url, FulfilmentMode::default());
+        let outcome = run(
+            &ctx,
+            &fixture("order_paid_combined"),
+            &properties(0, &now()),
+        )
+        .await;
+        match outcome {
+            Outcome::Retry {
+                last_status,
+                last_error,
+                ..
+            } => {
+                assert_eq!(last_status, Some(status));
+                assert!(last_error.contains("INVENTORY_TOKEN"), "{last_error}");
+                assert!(!last_error.contains("t0ken"), "{last_error}");
+            }
+            other => panic!("{status}: expected a retry, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_crafted_attempt_count_is_settled_at_once() {
+    let (url, _calls) = serve(503, None).await;
+    let ctx = context(&url, FulfilmentMode::default());
+    let outcome = run(
+        &ctx,
+        &fixture("order_paid_combined"),
+        &properties(4_294_967_294, &now()),
+    )
+    .await;
+    // Believed up to MAX_ATTEMPTS: 10 000 walks of the tiers are past any budget.
+    match outcome {
+        Outcome::Dead {
+            reason, attempts, ..
+        } => {
+            assert_eq!(reason, DeadReason::RetryBudgetExhausted);
+            assert_eq!(attempts, worker::retry::MAX_ATTEMPTS + 1);
+        }
+        other => panic!("expected the DLQ, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_server_error_is_retried_in_process_then_sent_to_the_first_tier() {
     let (url, calls) = serve(503, None).await;
     let ctx = context(&url, FulfilmentMode::default());
