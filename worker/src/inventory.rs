@@ -95,7 +95,9 @@ impl InventoryClient {
         };
         let authorization = token
             .map(|t| {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))?;
+                // The header is built once; its text copy is zeroed on drop like the token.
+                let text = secrecy::zeroize::Zeroizing::new(format!("Bearer {}", t.expose()));
+                let mut v = HeaderValue::from_str(&text)?;
                 v.set_sensitive(true);
                 Ok::<_, anyhow::Error>(v)
             })
