@@ -1,0 +1,304 @@
+//! One WebSocket conversation: `connect` first (within the timeout), then history calls,
+//! live pushes and pings until the order tracking is finished, the window elapses, the
+//! client goes silent or the server shuts down (§15 of the protocol reference).
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::{Message, WebSocket};
+use tokio::{
+    sync::broadcast::error::RecvError,
+    time::{Instant, sleep, sleep_until},
+};
+
+use super::{
+    App,
+    auth::AuthError,
+    protocol::{self, ConnectRequest, HistoryRequest, Method, code, lines},
+    state::Subscription,
+    view::{ChannelKey, Publication, Status},
+    ws::{self, close},
+};
+
+/// How much longer than the ping interval a client may stay silent (Go's pong timeout).
+const PONG_GRACE: Duration = Duration::from_secs(10);
+
+/// How a conversation ends.
+enum End {
+    /// Close with this code.
+    Close((u16, &'static str)),
+    /// The client left (or the socket failed): nothing to send.
+    Gone,
+}
+
+/// A connected client.
+struct Connected {
+    key: ChannelKey,
+    channel: String,
+    subscription: Subscription,
+    /// The user had an open order during this connection: its end closes with 4500.
+    had_open: bool,
+}
+
+/// What a `connect` came to.
+enum ConnectOutcome {
+    Connected(Connected),
+    /// Refused with an error reply the client may answer with a fresh token.
+    Retry,
+}
+
+/// Serves one upgraded socket until it ends.
+pub async fn serve(mut socket: WebSocket, app: Arc<App>) {
+    let Some(_slot) = app.state.connection(app.limits.max_connections) else {
+        return ws::close(socket, close::TOO_MANY).await;
+    };
+    let started = Instant::now();
+    let end = match handshake(&mut socket, &app).await {
+        Ok((connected, rest)) => converse(&mut socket, &app, connected, rest, started).await,
+        Err(end) => end,
+    };
+    if let End::Close(code) = end {
+        tracing::debug!(code = code.0, reason = code.1, "closing WebSocket");
+        ws::close(socket, code).await;
+    }
+}
+
+/// The next text frame; pings, pongs and other control frames are skipped.
+async fn next_text(socket: &mut WebSocket) -> Result<String, End> {
+    loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
+            Some(Ok(Message::Binary(_))) => return Err(End::Close(close::BAD_REQUEST)),
+            Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) if is_too_big(&e) => return Err(End::Close(close::TOO_BIG)),
+            Some(Err(_)) => return Err(End::Gone),
+        }
+    }
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("too long") || text.contains("Space limit")
+}
+
+/// Waits for `connect` and answers it; returns the lines that followed it in its frame.
+async fn handshake(socket: &mut WebSocket, app: &App) -> Result<(Connected, Vec<String>), End> {
+    let deadline = sleep(app.limits.connect_timeout);
+    tokio::pin!(deadline);
+    loop {
+        let text = tokio::select! {
+            () = app.shutdown.cancelled() => return Err(End::Close(close::SHUTDOWN)),
+            () = &mut deadline => return Err(End::Close(close::STALE)),
+            text = next_text(socket) => text?,
+        };
+        let mut frame = lines(&text);
+        while let Some(line) = frame.next() {
+            let Some(command) = protocol::parse(line) else {
+                return Err(End::Close(close::BAD_REQUEST));
+            };
+            match command.method {
+                Method::Pong | Method::Send => {}
+                Method::Connect(req) => match connect(socket, app, command.id, &req).await? {
+                    ConnectOutcome::Connected(c) => {
+                        return Ok((c, frame.map(str::to_owned).collect()));
+                    }
+                    ConnectOutcome::Retry => {}
+                },
+                _ => return Err(End::Close(close::BAD_REQUEST)),
+            }
+        }
+    }
+}
+
+/// Authenticates, joins the user's channel and replies; then tells the client the current
+/// status of its open and recently finished orders (raw SDKs never ask for history).
+async fn connect(
+    socket: &mut WebSocket,
+    app: &App,
+    id: u32,
+    req: &ConnectRequest,
+) -> Result<ConnectOutcome, End> {
+    let refuse = |code: u32, message: &str| protocol::error_reply(id, code, message);
+    let user = match app.verifier.verify(req.jwt().unwrap_or_default()) {
+        Ok(user) => user,
+        Err(AuthError::Expired) => {
+            // The client may get a fresh token and connect again; the timeout still runs.
+            send(socket, refuse(code::TOKEN_EXPIRED, "token expired")).await?;
+            return Ok(ConnectOutcome::Retry);
+        }
+        Err(error) => {
+            tracing::debug!(%error, "WebSocket connect refused");
+            send(socket, refuse(code::UNAUTHORIZED, "unauthorized")).await?;
+            return Err(End::Close(close::INVALID_TOKEN));
+        }
+    };
+    if req.user_hint().is_some_and(|hint| hint != user) {
+        send(socket, refuse(code::UNAUTHORIZED, "unauthorized")).await?;
+        return Err(End::Close(close::INVALID_TOKEN));
+    }
+    let Some(project_id) = req.project_id() else {
+        send(
+            socket,
+            refuse(
+                code::BAD_REQUEST,
+                "bad request: data.project_id is required",
+            ),
+        )
+        .await?;
+        return Err(End::Close(close::BAD_REQUEST));
+    };
+    let key = ChannelKey::new(project_id, &user);
+    let recent_since = unix_now() - app.limits.tracking_window.as_secs() as i64;
+    let joined = app
+        .state
+        .subscribe(&key, app.limits.max_connections_per_user, |v| {
+            (v.current(&key, recent_since), v.open_orders(&key))
+        });
+    let Ok((subscription, (current, open))) = joined else {
+        return Err(End::Close(close::TOO_MANY));
+    };
+    let channel = key.name();
+    let client = uuid::Uuid::new_v4().to_string();
+    let ping = app.limits.ping_interval.as_secs().max(1);
+    let version = env!("CARGO_PKG_VERSION");
+    send(
+        socket,
+        protocol::connect_reply(id, &client, version, ping, &channel),
+    )
+    .await?;
+    for publication in &current {
+        push(socket, &channel, publication).await?;
+    }
+    Ok(ConnectOutcome::Connected(Connected {
+        key,
+        channel,
+        subscription,
+        had_open: open > 0,
+    }))
+}
+
+/// After `connect`: history, pushes, pings, and the reasons to close.
+async fn converse(
+    socket: &mut WebSocket,
+    app: &App,
+    mut c: Connected,
+    rest: Vec<String>,
+    started: Instant,
+) -> End {
+    let limits = &app.limits;
+    for line in &rest {
+        if let Err(end) = command(socket, app, &c, line).await {
+            return end;
+        }
+    }
+    let window = sleep_until(started + limits.tracking_window);
+    // Armed only once the last open order is final.
+    let finish = sleep(Duration::from_secs(365 * 24 * 3600));
+    let silence = sleep(limits.ping_interval + PONG_GRACE);
+    tokio::pin!(window, finish, silence);
+    let mut finishing = false;
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    loop {
+        let step = tokio::select! {
+            () = app.shutdown.cancelled() => Err(End::Close(close::SHUTDOWN)),
+            () = &mut window => Err(End::Close(close::WINDOW)),
+            () = &mut finish, if finishing => Err(End::Close(close::FINISHED)),
+            () = &mut silence => Err(End::Close(close::NO_PONG)),
+            _ = ping.tick() => send(socket, "{}".to_owned()).await,
+            publication = c.subscription.rx.recv() => match publication {
+                Ok(p) => {
+                    let result = push(socket, &c.channel, &p).await;
+                    if p.status == Status::Paid {
+                        c.had_open = true;
+                        finishing = false;
+                    } else if c.had_open && !finishing && app.state.read(|v| v.open_orders(&c.key)) == 0 {
+                        finishing = true;
+                        finish.as_mut().reset(Instant::now() + limits.final_grace);
+                    }
+                    result
+                }
+                Err(RecvError::Lagged(_)) => Err(End::Close(close::SLOW)),
+                Err(RecvError::Closed) => Err(End::Gone),
+            },
+            text = next_text(socket) => match text {
+                Ok(text) => {
+                    silence.as_mut().reset(Instant::now() + limits.ping_interval + PONG_GRACE);
+                    commands(socket, app, &c, &text).await
+                }
+                Err(end) => Err(end),
+            },
+        };
+        if let Err(end) = step {
+            return end;
+        }
+    }
+}
+
+async fn commands(socket: &mut WebSocket, app: &App, c: &Connected, text: &str) -> Result<(), End> {
+    for line in lines(text) {
+        command(socket, app, c, line).await?;
+    }
+    Ok(())
+}
+
+/// One command after `connect`.
+async fn command(socket: &mut WebSocket, app: &App, c: &Connected, line: &str) -> Result<(), End> {
+    let Some(command) = protocol::parse(line) else {
+        return Err(End::Close(close::BAD_REQUEST));
+    };
+    let id = command.id;
+    let reply = match command.method {
+        Method::Pong | Method::Send => return Ok(()),
+        Method::Connect(_) => return Err(End::Close(close::BAD_REQUEST)),
+        Method::History(req) => history(app, c, id, &req),
+        // A reply without an id would read as a server ping: nothing to answer.
+        Method::Unsupported(_) if id == 0 => return Ok(()),
+        Method::Unsupported(name) => protocol::error_reply(
+            id,
+            code::METHOD_NOT_FOUND,
+            &format!("method not found: {name}"),
+        ),
+    };
+    send(socket, reply).await
+}
+
+/// The history of the client's own channel, as §6 filters it.
+fn history(app: &App, c: &Connected, id: u32, req: &HistoryRequest) -> String {
+    if req.channel != c.channel {
+        return protocol::error_reply(id, code::PERMISSION_DENIED, "permission denied");
+    }
+    let since = req.since.as_ref();
+    if req.reverse && since.is_some_and(|s| s.offset == 0) {
+        return protocol::error_reply(id, code::BAD_REQUEST, "bad request");
+    }
+    if since.is_some_and(|s| !s.epoch.is_empty() && s.epoch != app.state.epoch) {
+        return protocol::error_reply(id, code::UNRECOVERABLE_POSITION, "unrecoverable position");
+    }
+    let (pubs, top) = app.state.read(|v| {
+        let pubs = match req.max() {
+            Some(0) => Vec::new(),
+            max => v.history(&c.key, since.map(|s| s.offset), max, req.reverse),
+        };
+        (pubs, v.top(&c.key))
+    });
+    protocol::history_reply(id, &pubs, &app.state.epoch, top)
+}
+
+async fn push(socket: &mut WebSocket, channel: &str, p: &Publication) -> Result<(), End> {
+    send(socket, protocol::push(channel, p)).await?;
+    metrics::counter!("status_publications_sent_total").increment(1);
+    Ok(())
+}
+
+async fn send(socket: &mut WebSocket, text: String) -> Result<(), End> {
+    if ws::send(socket, text).await {
+        Ok(())
+    } else {
+        Err(End::Gone)
+    }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
