@@ -66,11 +66,11 @@ impl State {
     pub fn apply(&self, event: &OrderEvent, at_unix: i64) -> Applied {
         let mut view = self.view.write().expect("view lock");
         let applied = view.apply(event, at_unix);
-        if let Applied::Published(key, publication) = &applied {
-            if let Some(entry) = self.hub.lock().expect("hub lock").get(key) {
-                // No receiver right now is fine: nobody to tell.
-                let _ = entry.tx.send(publication.clone());
-            }
+        if let Applied::Published(key, publication) = &applied
+            && let Some(entry) = self.hub.lock().expect("hub lock").get(key)
+        {
+            // No receiver right now is fine: nobody to tell.
+            let _ = entry.tx.send(publication.clone());
         }
         applied
     }
