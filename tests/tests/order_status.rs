@@ -582,3 +582,111 @@ async fn the_subprotocol_is_echoed_when_offered() {
         "centrifuge-json"
     );
 }
+
+#[tokio::test]
+async fn oversized_messages_and_foreign_origins_are_refused() {
+    let s = setup().await;
+    let status = s
+        .status(&[
+            ("STATUS_MAX_FRAME_BYTES", "4096"),
+            ("STATUS_ALLOWED_ORIGINS", "https://game.example"),
+        ])
+        .await;
+    let mut c = Client::open(&status).await; // no Origin: not a browser, allowed
+    let jwt = mint_jwt(TEST_JWT_SECRET, "u10", HOUR);
+    c.connect(&jwt, PROJECT).await;
+    c.send(&format!(
+        "{{\"id\":2,\"rpc\":{{\"data\":\"{}\"}}}}",
+        "x".repeat(8192)
+    ))
+    .await;
+    assert_eq!(c.closed().await, Closed(3009, "message too big".into()));
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut foreign = status.ws_url().into_client_request().unwrap();
+    foreign
+        .headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(foreign).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403),
+        "{refused:?}"
+    );
+    let mut listed = status.ws_url().into_client_request().unwrap();
+    listed
+        .headers_mut()
+        .insert("Origin", "https://game.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(listed).await.is_ok());
+}
+
+#[tokio::test]
+async fn connections_over_the_total_limit_are_closed_to_retry_later() {
+    let s = setup().await;
+    let status = s.status(&[("STATUS_MAX_CONNECTIONS", "1")]).await;
+    let jwt = mint_jwt(TEST_JWT_SECRET, "u11", HOUR);
+    let mut first = Client::open(&status).await;
+    first.connect(&jwt, PROJECT).await;
+    let mut second = Client::open(&status).await;
+    assert_eq!(
+        second.closed().await,
+        Closed(3013, "too many connections".into())
+    );
+    let metrics = status.metrics().await.unwrap();
+    assert!(metrics.contains("status_connections 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_broker_cut_resumes_the_stream_without_gaps_or_repeats() {
+    let s = setup().await;
+    let proxy = tests::rabbit::TcpProxy::start(s.vhost.broker_addr())
+        .await
+        .unwrap();
+    s.paid(12001, "u12").await;
+    let status = RunningStatus::start(&s.vhost.amqp_url_via(proxy.addr()), &[])
+        .await
+        .unwrap();
+    let jwt = mint_jwt(TEST_JWT_SECRET, "u12", HOUR);
+    wait_poll_status(&status, 12001, &jwt, "paid").await;
+    proxy.cut().await;
+    wait::until(WITHIN, "not ready while cut", || async {
+        !status.is_ready().await
+    })
+    .await
+    .unwrap();
+    s.event(EventKind::Granted, 12001, "u12").await;
+    s.paid(12002, "u12").await;
+    proxy.restore().await.unwrap();
+    status.wait_ready(WITHIN).await.unwrap();
+    wait_poll_status(&status, 12001, &jwt, "done").await;
+    wait_poll_status(&status, 12002, &jwt, "paid").await;
+    let mut c = Client::open(&status).await;
+    c.connect(&jwt, PROJECT).await;
+    let history = c.history(&channel("u12"), 2).await;
+    assert_eq!(
+        statuses(&history),
+        [
+            (12001, "paid".to_owned()),
+            (12001, "done".to_owned()),
+            (12002, "paid".to_owned())
+        ]
+    );
+    // Resumed after the last offset read: no event was read (and applied) twice.
+    let metrics = status.metrics().await.unwrap();
+    assert!(
+        metrics.contains("status_events_applied_total{outcome=\"unchanged\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_a_jwt_key() {
+    let out = tokio::process::Command::new(tests::bin_path("order-status"))
+        .env_clear()
+        .env("STATUS_LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("STATUS_JWT_HS256_SECRET"), "{stderr}");
+}

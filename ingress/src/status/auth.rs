@@ -56,9 +56,9 @@ impl Verifier {
             v
         };
         let mut keys = Vec::new();
-        for secret in args.jwt_hs256_secret.iter().filter(|s| !s.is_empty()) {
+        for secret in args.jwt_hs256_secret.iter().filter(|s| !s.0.is_empty()) {
             keys.push((
-                DecodingKey::from_secret(secret.as_bytes()),
+                DecodingKey::from_secret(secret.0.as_bytes()),
                 validation(&[Algorithm::HS256]),
             ));
         }
@@ -198,6 +198,46 @@ mod tests {
         assert_eq!(v.verify(&t).unwrap(), "42");
         let t = token("new", json!({"sub": "x", "exp": now() + 60}));
         assert_eq!(v.verify(&t), Err(AuthError::Invalid));
+    }
+
+    fn key_file(name: &str) -> String {
+        format!("{}/src/status/testdata/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn signed_with(alg: Algorithm, private: &str, claims: &Value) -> String {
+        let pem = std::fs::read(key_file(private)).unwrap();
+        let key = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        encode(&Header::new(alg), claims, &key).unwrap()
+    }
+
+    #[test]
+    fn detects_rsa_and_ec_public_keys() {
+        let claims = json!({"sub": "u1", "exp": now() + 60});
+        let public = |name: &str| {
+            let argv = ["order-status", "--jwt-public-key-file", &key_file(name)];
+            Verifier::from_args(&StatusArgs::try_parse_from(argv).unwrap()).unwrap()
+        };
+        let rsa = public("rsa-public.pem");
+        let ec = public("ec-public.pem");
+        let rs256 = signed_with(Algorithm::RS256, "rsa-private.pem", &claims);
+        let es256 = signed_with(Algorithm::ES256, "ec-private.pem", &claims);
+        assert_eq!(rsa.verify(&rs256).unwrap(), "u1");
+        assert_eq!(ec.verify(&es256).unwrap(), "u1");
+        assert_eq!(rsa.verify(&es256), Err(AuthError::Invalid));
+        assert_eq!(ec.verify(&rs256), Err(AuthError::Invalid));
+        // An HS256 token made with the public key as its secret (alg confusion) fails.
+        let pem = std::fs::read_to_string(key_file("rsa-public.pem")).unwrap();
+        assert_eq!(rsa.verify(&token(&pem, claims)), Err(AuthError::Invalid));
+        let bad = [
+            "order-status",
+            "--jwt-public-key-file",
+            &key_file("README.md"),
+        ];
+        let err = Verifier::from_args(&StatusArgs::try_parse_from(bad).unwrap()).unwrap_err();
+        assert!(err.contains("STATUS_JWT_PUBLIC_KEY_FILE"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,24 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shared::config::{BrokerArgs, parse_duration};
 
+/// A secret from the command line or the environment: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 /// Command line and environment of the `order-status` binary.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -29,7 +47,7 @@ pub struct StatusArgs {
         hide_env_values = true,
         value_delimiter = ','
     )]
-    pub jwt_hs256_secret: Vec<String>,
+    pub jwt_hs256_secret: Vec<Secret>,
 
     /// PEM public key that verifies player JWTs: RSA (RS256/384/512) or EC P-256 (ES256),
     /// detected from the key.
@@ -90,7 +108,7 @@ impl StatusArgs {
     /// Checks what the clap parsers leave out; the error names the option.
     pub fn validate(&self) -> Result<(), String> {
         self.broker.validate()?;
-        let secrets = self.jwt_hs256_secret.iter().filter(|s| !s.is_empty());
+        let secrets = self.jwt_hs256_secret.iter().filter(|s| !s.0.is_empty());
         if secrets.count() == 0 && self.jwt_public_key_file.is_none() {
             return Err(
                 "no JWT key: set STATUS_JWT_HS256_SECRET (--jwt-hs256-secret) or STATUS_JWT_PUBLIC_KEY_FILE (--jwt-public-key-file)"
@@ -132,7 +150,12 @@ mod tests {
     fn defaults_match_the_design() {
         let a = StatusArgs::try_parse_from(["order-status", "--jwt-hs256-secret", "a,b"]).unwrap();
         assert_eq!(a.listen.to_string(), "0.0.0.0:8081");
-        assert_eq!(a.jwt_hs256_secret, ["a", "b"]);
+        let secrets: Vec<&str> = a.jwt_hs256_secret.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(secrets, ["a", "b"]);
+        assert!(
+            !format!("{a:?}").contains("\"a\""),
+            "secrets stay out of Debug"
+        );
         assert_eq!(a.jwt_user_claim, "sub");
         assert_eq!(a.tracking_window, Duration::from_secs(300));
         assert_eq!(a.ping_interval, Duration::from_secs(25));

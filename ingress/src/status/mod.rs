@@ -167,7 +167,11 @@ fn register_metrics() {
 pub async fn run_main() -> ExitCode {
     let args = StatusArgs::parse();
     telemetry::init_tracing(args.broker.log_format);
-    if let Err(e) = args.validate() {
+    // The key file is read here too, so a bad one stops start-up like a missing option.
+    let checked = args
+        .validate()
+        .and_then(|()| auth::Verifier::from_args(&args).map(drop));
+    if let Err(e) = checked {
         eprintln!("order-status: bad configuration: {e}");
         return ExitCode::from(2);
     }

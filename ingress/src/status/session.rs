@@ -199,6 +199,8 @@ async fn converse(
     let mut finishing = false;
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    // A ping late because a write stalled is not made up for with a burst.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let step = tokio::select! {
             () = app.shutdown.cancelled() => Err(End::Close(close::SHUTDOWN)),
