@@ -416,13 +416,13 @@ fn print_watch_event(event: &WatchEvent, json: bool) {
     }
 }
 
-/// Now, RFC 3339 UTC with milliseconds.
+/// Now, RFC 3339 UTC with milliseconds (fixed width, so lines align).
 fn timestamp() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now
-        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-        .unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
         .unwrap_or_default()
 }
 
