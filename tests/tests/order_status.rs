@@ -690,3 +690,138 @@ async fn refuses_to_start_without_a_jwt_key() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("STATUS_JWT_HS256_SECRET"), "{stderr}");
 }
+
+/// Resident memory of `pid` in KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A measurement rather than a check (`--ignored`): the memory an idle, connected
+/// WebSocket costs the server. `STATUS_MEM_CONNECTIONS` (default 10000) connections, each
+/// of its own user; the target is at most 20 KiB each.
+#[tokio::test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn idle_connections_cost_little_memory() {
+    let n: usize = std::env::var("STATUS_MEM_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let s = setup().await;
+    let status = s.status(&[]).await;
+    let pid = status.pid().unwrap();
+    let mut warm = Client::open(&status).await;
+    warm.connect(&mint_jwt(TEST_JWT_SECRET, "warm", HOUR), PROJECT)
+        .await;
+    let before = rss_kib(pid);
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = Client::open(&status).await;
+        let reply = c
+            .connect(&mint_jwt(TEST_JWT_SECRET, &format!("m{i}"), HOUR), PROJECT)
+            .await;
+        assert!(reply["connect"].is_object(), "{reply}");
+        clients.push(c);
+    }
+    let after = rss_kib(pid);
+    let per = (after.saturating_sub(before)) as f64 / n as f64;
+    println!("{n} idle connections: RSS {before} KiB -> {after} KiB, {per:.1} KiB each");
+    assert!(per <= 20.0, "{per:.1} KiB per idle connection");
+}
+
+#[tokio::test]
+async fn history_filters_like_centrifuge() {
+    let s = setup().await;
+    for order in 13001..=13003 {
+        s.paid(order, "u13").await;
+    }
+    let status = s.status(&[]).await;
+    let jwt = mint_jwt(TEST_JWT_SECRET, "u13", HOUR);
+    let mut c = Client::open(&status).await;
+    c.connect(&jwt, PROJECT).await;
+    let ch = channel("u13");
+    let mut ask = async |id: u32, req: Value| {
+        let mut history = json!({"channel": ch});
+        history
+            .as_object_mut()
+            .unwrap()
+            .extend(req.as_object().unwrap().clone());
+        c.send(&json!({"id": id, "history": history}).to_string())
+            .await;
+        c.reply_to(id).await
+    };
+    let since_one = ask(2, json!({"since": {"offset": 1}, "limit": -1})).await;
+    assert_eq!(statuses(&since_one).len(), 2);
+    let epoch = since_one["history"]["epoch"].as_str().unwrap().to_owned();
+    let position = ask(3, json!({"limit": 0})).await;
+    assert_eq!(position["history"]["offset"], 3);
+    assert!(
+        position["history"]["publications"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let two = ask(
+        4,
+        json!({"since": {"offset": 0, "epoch": epoch}, "limit": 2}),
+    )
+    .await;
+    assert_eq!(
+        statuses(&two),
+        [(13001, "paid".into()), (13002, "paid".into())]
+    );
+    let stale = ask(
+        5,
+        json!({"since": {"offset": 0, "epoch": "other"}, "limit": -1}),
+    )
+    .await;
+    assert_eq!(stale["error"]["code"], 112, "{stale}");
+    let bad = ask(
+        6,
+        json!({"since": {"offset": 0}, "reverse": true, "limit": -1}),
+    )
+    .await;
+    assert_eq!(bad["error"]["code"], 107, "{bad}");
+    let newest = ask(7, json!({"reverse": true, "limit": 1})).await;
+    assert_eq!(statuses(&newest), [(13003, "paid".into())]);
+    let metrics = status.metrics().await.unwrap();
+    assert!(
+        metrics.contains("status_publications_sent_total 3"),
+        "the three open orders were pushed on connect: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn polls_answer_503_until_caught_up() {
+    // A broker that is not there: the instance never catches up.
+    let nowhere = tests::rabbit::pick_free_port().unwrap();
+    let status =
+        RunningStatus::spawn(&format!("amqp://guest:guest@127.0.0.1:{nowhere}/%2f"), &[]).unwrap();
+    let jwt = mint_jwt(TEST_JWT_SECRET, "u14", HOUR);
+    wait::until(WITHIN, "listening", || async {
+        reqwest::get(status.url("/healthz")).await.is_ok()
+    })
+    .await
+    .unwrap();
+    assert!(!status.is_ready().await);
+    let (code, body) = poll(&status, PROJECT, 1, &jwt).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(poll(&status, PROJECT, 1, "bad").await.0, 401);
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_with_3012() {
+    let s = setup().await;
+    let status = s.status(&[("STATUS_PING_INTERVAL", "1s")]).await;
+    let mut c = Client::open(&status).await;
+    c.connect(&mint_jwt(TEST_JWT_SECRET, "u15", HOUR), PROJECT)
+        .await;
+    // Never answers a ping: dropped after the ping interval + 10 s.
+    let started = std::time::Instant::now();
+    assert_eq!(c.closed().await, Closed(3012, "no pong".into()));
+    assert!(started.elapsed() >= Duration::from_secs(10));
+}
