@@ -145,6 +145,9 @@ show_status() {
 	done
 	echo "Order status as the player's game sees it (GET $STATUS/api/v2/project/$PROJECT/order/$order_id):"
 	echo "  ${body:-(no answer)}"
+	if grep -q '"status":"paid"' <<<"$body"; then
+		echo "  (still paid: order-status has not seen the worker's grant event; see $RUN/worker-*.log)"
+	fi
 	# The operator's view of the same order.
 	# INTEGRATOR: `worker order` comes from another branch; until it is merged this prints
 	# the notice below instead of the timeline.
