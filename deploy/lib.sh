@@ -112,7 +112,7 @@ then run this command again."
 	if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 		info "installing the pinned JS client (npm ci in tests/clients/node)"
 		# --ignore-scripts: nothing in the tree needs an install script; none is run.
-		npm ci --prefix "$node_dir" --ignore-scripts --no-audit --no-fund --loglevel=error ||
+		npm ci --prefix "$node_dir" --ignore-scripts --no-audit --no-fund --no-update-notifier --loglevel=error ||
 			die "npm ci failed in tests/clients/node (output above)"
 		echo "$want" >"$stamp"
 	fi
