@@ -9,6 +9,7 @@ use tokio::{
     sync::broadcast::error::RecvError,
     time::{Instant, sleep, sleep_until},
 };
+use tokio_tungstenite::tungstenite;
 
 use super::{
     App,
@@ -70,15 +71,22 @@ async fn next_text(socket: &mut WebSocket) -> Result<String, End> {
             Some(Ok(Message::Binary(_))) => return Err(End::Close(close::BAD_REQUEST)),
             Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
             Some(Ok(_)) => continue,
-            Some(Err(e)) if is_too_big(&e) => return Err(End::Close(close::TOO_BIG)),
-            Some(Err(_)) => return Err(End::Gone),
+            Some(Err(e)) => {
+                return Err(if is_too_big(e) {
+                    End::Close(close::TOO_BIG)
+                } else {
+                    End::Gone
+                });
+            }
         }
     }
 }
 
-fn is_too_big(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("too long") || text.contains("Space limit")
+/// Over `STATUS_MAX_FRAME_BYTES`: tungstenite refuses to buffer it.
+fn is_too_big(e: axum::Error) -> bool {
+    e.into_inner()
+        .downcast::<tungstenite::Error>()
+        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
 }
 
 /// Waits for `connect` and answers it; returns the lines that followed it in its frame.
