@@ -825,3 +825,42 @@ async fn a_silent_client_is_dropped_with_3012() {
     assert_eq!(c.closed().await, Closed(3012, "no pong".into()));
     assert!(started.elapsed() >= Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn an_acceptance_through_the_real_ingress_shows_as_paid_with_no_worker() {
+    let s = setup().await;
+    let ingress = tests::ingress_harness::RunningIngress::start(
+        &s.vhost.amqp_url(),
+        &["--webhook-secret", "ingress-secret"],
+    )
+    .await
+    .unwrap();
+    let status = s.status(&[]).await;
+    let jwt = mint_jwt(TEST_JWT_SECRET, "u16", HOUR);
+    let mut c = Client::open(&status).await;
+    c.connect(&jwt, PROJECT).await;
+    let body = tests::fixtures::with(
+        "order_paid_combined",
+        &[
+            ("/order/id", json!(16001)),
+            ("/billing/transaction/id", json!(16001)),
+            ("/user/external_id", json!("u16")),
+        ],
+    );
+    let answered = reqwest::Client::new()
+        .post(ingress.url("/webhooks/xsolla"))
+        .header(
+            "authorization",
+            tests::fixtures::authorization(&body, "ingress-secret"),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 204);
+    let at = std::time::Instant::now();
+    assert_eq!(pushed(&c.reply().await), (16001, "paid".into(), 1));
+    assert!(at.elapsed() < Duration::from_secs(1), "{:?}", at.elapsed());
+    ingress.stop().await.unwrap();
+}
