@@ -710,3 +710,81 @@ async fn xsolla_sim_jwt_is_accepted_and_watch_prints_paid_then_done() {
     assert_eq!((code, &body["status"]), (200, &json!("done")), "{body}");
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xsolla_sim_watch_exit_codes_tell_window_from_refusal() {
+    let (vhost, status) = status_alone(&[("STATUS_TRACKING_WINDOW", "2s")]).await;
+    let (user, order) = player_and_order();
+    let out = xsolla_sim(
+        &["jwt", "--user", &user],
+        &[("STATUS_JWT_HS256_SECRET", TEST_JWT_SECRET)],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // Accepted by the short-poll too: an unknown order is 404, not 401.
+    let response = reqwest::Client::new()
+        .get(status.url(&format!("/api/v2/project/{PROJECT}/order/{order}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    let ws_url = status.ws_url();
+    let project = PROJECT.to_string();
+    let watch = |token: String| {
+        let args = [
+            "watch",
+            "--url",
+            &ws_url,
+            "--json",
+            "--for",
+            "30s",
+            "--project",
+            &project,
+            "--user",
+            &user,
+            "--token",
+            &token,
+        ]
+        .map(str::to_owned);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = xsolla_sim(&args, &[]).await;
+            let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+            (out.status.code(), lines)
+        }
+    };
+
+    // Connected, nothing to show, then the window: exit 3 ("no final status").
+    let (code, lines) = watch(token).await;
+    assert_eq!(code, Some(3), "{lines:?}");
+    assert_eq!(
+        lines.first().map(|l| &l["event"]),
+        Some(&json!("connected"))
+    );
+    let end = lines.last().unwrap();
+    assert_eq!(
+        (&end["end"], &end["code"]),
+        (&json!("closed"), &json!(4501)),
+        "{end}"
+    );
+
+    // An expired token: refused with 109, exit 1.
+    let expired = mint_expired_jwt(TEST_JWT_SECRET, &user, Duration::from_secs(3600));
+    let (code, lines) = watch(expired).await;
+    assert_eq!(code, Some(1), "{lines:?}");
+    let end = lines.last().unwrap();
+    assert_eq!(
+        (&end["end"], &end["code"]),
+        (&json!("refused"), &json!(109)),
+        "{end}"
+    );
+
+    let _ = status.stop().await;
+    vhost.delete().await.expect("vhost deleted");
+}
