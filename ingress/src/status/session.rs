@@ -36,8 +36,31 @@ struct Connected {
     key: ChannelKey,
     channel: String,
     subscription: Subscription,
-    /// The user had an open order during this connection: its end closes with 4500.
+    tracking: Tracking,
+}
+
+/// When to close with 4500: after the final status of the user's last open order, and only
+/// if the user had an open order during this connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tracking {
     had_open: bool,
+    finishing: bool,
+}
+
+impl Tracking {
+    /// Records a pushed status; true when the grace timer must start now.
+    fn saw(&mut self, status: Status, open_orders: impl FnOnce() -> usize) -> bool {
+        if status == Status::Paid {
+            self.had_open = true;
+            self.finishing = false;
+            return false;
+        }
+        if self.had_open && !self.finishing && open_orders() == 0 {
+            self.finishing = true;
+            return true;
+        }
+        false
+    }
 }
 
 /// What a `connect` came to.
@@ -181,7 +204,10 @@ async fn connect(
         key,
         channel,
         subscription,
-        had_open: open > 0,
+        tracking: Tracking {
+            had_open: open > 0,
+            finishing: false,
+        },
     }))
 }
 
@@ -204,7 +230,6 @@ async fn converse(
     let finish = sleep(Duration::from_secs(365 * 24 * 3600));
     let silence = sleep(limits.ping_interval + PONG_GRACE);
     tokio::pin!(window, finish, silence);
-    let mut finishing = false;
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     // A ping late because a write stalled is not made up for with a burst.
@@ -213,24 +238,24 @@ async fn converse(
         let step = tokio::select! {
             () = app.shutdown.cancelled() => Err(End::Close(close::SHUTDOWN)),
             () = &mut window => Err(End::Close(close::WINDOW)),
-            () = &mut finish, if finishing => Err(End::Close(close::FINISHED)),
+            () = &mut finish, if c.tracking.finishing => Err(End::Close(close::FINISHED)),
             () = &mut silence => Err(End::Close(close::NO_PONG)),
             _ = ping.tick() => send(socket, "{}".to_owned()).await,
-            publication = c.subscription.rx.recv() => match publication {
-                Ok(p) => {
-                    let result = push(socket, &c.channel, &p).await;
-                    if p.status == Status::Paid {
-                        c.had_open = true;
-                        finishing = false;
-                    } else if c.had_open && !finishing && app.state.read(|v| v.open_orders(&c.key)) == 0 {
-                        finishing = true;
-                        finish.as_mut().reset(Instant::now() + limits.final_grace);
+            publication = c.subscription.rx.recv() => {
+                let p = publication.map_err(|e| match e {
+                    RecvError::Lagged(_) => End::Close(close::SLOW),
+                    RecvError::Closed => End::Gone,
+                });
+                match p {
+                    Ok(p) => {
+                        if c.tracking.saw(p.status, || app.state.read(|v| v.open_orders(&c.key))) {
+                            finish.as_mut().reset(Instant::now() + limits.final_grace);
+                        }
+                        push(socket, &c.channel, &p).await
                     }
-                    result
+                    Err(end) => Err(end),
                 }
-                Err(RecvError::Lagged(_)) => Err(End::Close(close::SLOW)),
-                Err(RecvError::Closed) => Err(End::Gone),
-            },
+            }
             text = next_text(socket) => match text {
                 Ok(text) => {
                     silence.as_mut().reset(Instant::now() + limits.ping_interval + PONG_GRACE);
@@ -311,4 +336,25 @@ async fn send(socket: &mut WebSocket, text: String) -> Result<(), End> {
 
 fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_after_the_last_open_order_only_if_one_was_open() {
+        let mut idle = Tracking::default();
+        assert!(!idle.saw(Status::Done, || 0), "no open order seen: stay");
+        let mut t = Tracking::default();
+        assert!(!t.saw(Status::Paid, || 2));
+        assert!(!t.saw(Status::Done, || 1), "another order still open");
+        assert!(t.saw(Status::Canceled, || 0));
+        assert!(
+            !t.saw(Status::Done, || 0),
+            "already finishing: the timer keeps running"
+        );
+        assert!(!t.saw(Status::Paid, || 1));
+        assert!(!t.finishing, "a new open order calls the close off");
+    }
 }

@@ -170,3 +170,65 @@ impl Drop for ConnectionSlot {
         metrics::gauge!("status_connections").decrement(1.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shared::order_events::EventKind;
+
+    use super::*;
+
+    fn paid(order: &str, user: &str) -> OrderEvent {
+        OrderEvent::new(EventKind::Accepted, Some(1), order, user)
+    }
+
+    #[test]
+    fn a_subscriber_gets_each_publication_once_in_snapshot_or_push() {
+        let state = State::new();
+        let key = ChannelKey::new(1, "u");
+        state.apply(&paid("1", "u"), 0);
+        let (mut sub, snapshot) = state
+            .subscribe(&key, 10, |v| v.history(&key, None, None, false))
+            .unwrap();
+        assert_eq!(snapshot.len(), 1);
+        assert!(
+            sub.rx.try_recv().is_err(),
+            "order 1 came in the snapshot only"
+        );
+        state.apply(&paid("2", "u"), 0);
+        state.apply(&paid("3", "other"), 0);
+        assert_eq!(sub.rx.try_recv().unwrap().offset, 2);
+        assert!(
+            sub.rx.try_recv().is_err(),
+            "another user's order is not pushed"
+        );
+    }
+
+    #[test]
+    fn the_per_user_limit_counts_live_subscriptions() {
+        let state = State::new();
+        let key = ChannelKey::new(1, "u");
+        let first = state.subscribe(&key, 1, |_| ()).unwrap();
+        assert!(matches!(
+            state.subscribe(&key, 1, |_| ()),
+            Err(Refused::TooManyForUser)
+        ));
+        assert!(state.subscribe(&ChannelKey::new(2, "u"), 1, |_| ()).is_ok());
+        drop(first);
+        assert!(state.subscribe(&key, 1, |_| ()).is_ok());
+        assert!(
+            state.hub.lock().unwrap().is_empty(),
+            "left channels are forgotten"
+        );
+    }
+
+    #[test]
+    fn the_connection_limit_frees_slots_on_drop() {
+        let state = State::new();
+        let a = state.connection(2).unwrap();
+        let _b = state.connection(2).unwrap();
+        assert!(state.connection(2).is_none());
+        drop(a);
+        assert_eq!(state.connections(), 1);
+        assert!(state.connection(2).is_some());
+    }
+}
