@@ -128,6 +128,8 @@ fn handle(message: StreamMessage, state: &State, marker: Option<&str>) {
             if Some(token.as_str()) == marker && !state.is_caught_up() {
                 state.set_caught_up();
                 metrics::gauge!("status_caught_up").set(1.0);
+                // Caught up: the last event's age now says how quiet the stream is, not lag.
+                metrics::gauge!("status_catch_up_lag_seconds").set(0.0);
                 tracing::info!(
                     orders = state.read(|v| v.order_count()),
                     "caught up with the order-event stream"
