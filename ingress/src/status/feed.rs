@@ -19,6 +19,8 @@ use super::{state::State, view::Applied};
 const PREFETCH: u16 = 500;
 /// Acknowledge (with `multiple`) every this many deliveries, well inside the prefetch.
 const ACK_EVERY: u64 = 100;
+/// How often orders past the stream's retention are dropped from the view.
+const FORGET_EVERY: Duration = Duration::from_secs(600);
 /// How long to wait for a broker session before looking at `shutdown` again.
 const WAIT_FOR_BROKER: Duration = Duration::from_secs(1);
 
@@ -56,6 +58,28 @@ pub async fn run(
                 link.report_error();
                 pause(&shutdown).await;
             }
+        }
+    }
+}
+
+/// Drops from the view, every [`FORGET_EVERY`], the orders whose events all left the
+/// stream's retention: a long-running instance then answers like a fresh one, and its
+/// memory follows the retention instead of growing for ever.
+pub async fn forget_expired(state: Arc<State>, retention: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(FORGET_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = time::OffsetDateTime::now_utc().unix_timestamp()
+            - i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+        let forgotten = state.forget_before(cutoff);
+        if forgotten > 0 {
+            tracing::info!(
+                forgotten,
+                "orders past STATUS_RETENTION dropped from the view"
+            );
         }
     }
 }
@@ -109,7 +133,9 @@ fn handle(message: StreamMessage, state: &State, marker: Option<&str>) {
     match message {
         StreamMessage::Event(event) => {
             let at = event.at_time();
-            let at_unix = at.map_or(0, |t| t.unix_timestamp());
+            // A time we cannot read (a foreign writer) counts as now, not as 1970.
+            let now = time::OffsetDateTime::now_utc();
+            let at_unix = at.unwrap_or(now).unix_timestamp();
             let applied = state.apply(&event, at_unix);
             let outcome = match applied {
                 Applied::Published(..) => "published",

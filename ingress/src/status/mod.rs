@@ -79,6 +79,11 @@ pub async fn run(
         args.broker.publish_timeout,
         broker_stop.clone(),
     ));
+    let forget = tokio::spawn(feed::forget_expired(
+        state.clone(),
+        args.broker.status_retention,
+        broker_stop.clone(),
+    ));
     let ready = {
         let (state, shutdown) = (state.clone(), shutdown.clone());
         Arc::new(move || link.is_ready() && state.is_caught_up() && !shutdown.is_cancelled())
@@ -121,6 +126,7 @@ pub async fn run(
     }
     broker_stop.cancel();
     let _ = feed.await;
+    let _ = forget.await;
     let _ = supervisor.await;
     tracing::info!("order-status stopped");
     Ok(())

@@ -131,6 +131,7 @@ mod tests {
                 currency: "USD".into(),
             }),
             changed_at: 0,
+            seen_at: 0,
             offset: 2,
         };
         let price = json!({"amount": "30", "amount_without_discount": "30", "currency": "USD"});

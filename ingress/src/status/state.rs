@@ -75,6 +75,11 @@ impl State {
         applied
     }
 
+    /// Forgets orders no event has named since `cutoff` (unix seconds).
+    pub fn forget_before(&self, cutoff: i64) -> usize {
+        self.view.write().expect("view lock").forget_before(cutoff)
+    }
+
     /// Reads the view.
     pub fn read<T>(&self, f: impl FnOnce(&View) -> T) -> T {
         f(&self.view.read().expect("view lock"))

@@ -113,6 +113,9 @@ pub struct Order {
     pub price: Option<Price>,
     /// Unix seconds of the event that set the status (its `at`), 0 if unknown.
     pub changed_at: i64,
+    /// Unix seconds of the latest event about the order: once that is older than the
+    /// stream's retention, a fresh instance no longer knows the order, so neither do we.
+    pub seen_at: i64,
     /// Offset of the order's latest publication in its channel.
     pub offset: u64,
 }
@@ -168,10 +171,12 @@ impl View {
                     items: Vec::new(),
                     price: None,
                     changed_at: 0,
+                    seen_at: at_unix,
                     offset: 0,
                 })
             }
         };
+        order.seen_at = order.seen_at.max(at_unix);
         if order.items.is_empty() && !event.items.is_empty() {
             order.items = event.items.clone();
         }
@@ -264,6 +269,30 @@ impl View {
             .collect();
         current.sort_by_key(|p| p.offset);
         current
+    }
+
+    /// Forgets the orders no event has named since `cutoff` (unix seconds), and their
+    /// publications: what left the stream's retention leaves the view. Channels keep their
+    /// offsets, so a position a client holds stays meaningful. Returns how many went.
+    pub fn forget_before(&mut self, cutoff: i64) -> usize {
+        let before = self.orders.len();
+        self.orders.retain(|_, o| o.seen_at >= cutoff);
+        if self.orders.len() == before {
+            return 0;
+        }
+        for (key, channel) in &mut self.channels {
+            let orders = &self.orders;
+            let known = |id: &String| orders.contains_key(&(key.project_id, id.clone()));
+            channel.orders.retain(known);
+            channel.publications.retain(|p| {
+                let id = match &p.order_id {
+                    OrderId::Int(n) => n.to_string(),
+                    OrderId::Text(t) => t.clone(),
+                };
+                known(&id)
+            });
+        }
+        before - self.orders.len()
     }
 
     /// Orders known, for metrics.

@@ -188,3 +188,24 @@ fn non_numeric_order_ids_are_kept_as_strings() {
     assert_eq!(OrderId::parse("ord-1"), OrderId::Text("ord-1".into()));
     assert_eq!(serde_json::to_string(&OrderId::parse("5")).unwrap(), "5");
 }
+
+#[test]
+fn orders_past_retention_are_forgotten_with_their_publications() {
+    let mut v = View::new();
+    v.apply(&ev(EventKind::Accepted, "1", "u1"), 100);
+    v.apply(&ev(EventKind::Accepted, "2", "u1"), 100);
+    v.apply(&ev(EventKind::Granted, "2", "u1"), 500);
+    assert_eq!(v.forget_before(50), 0);
+    assert_eq!(v.forget_before(200), 1);
+    let k = ChannelKey::new(7, "u1");
+    assert!(v.order(7, "1").is_none());
+    assert_eq!(v.order(7, "2").unwrap().status, Some(Status::Done));
+    let left: Vec<_> = v
+        .history(&k, None, None, false)
+        .iter()
+        .map(|p| p.offset)
+        .collect();
+    assert_eq!(left, [2, 3], "order 1's publication went with it");
+    assert_eq!(v.top(&k), 3, "offsets are not reused");
+    assert_eq!(v.open_orders(&k), 0);
+}
