@@ -141,6 +141,47 @@ async fn handshake(socket: &mut WebSocket, app: &App) -> Result<(Connected, Vec<
     }
 }
 
+/// Why a `connect` is refused: the error reply, then a close unless the client may retry.
+struct Refusal {
+    code: u32,
+    message: &'static str,
+    close: Option<(u16, &'static str)>,
+}
+
+const UNAUTHORIZED: Refusal = Refusal {
+    code: code::UNAUTHORIZED,
+    message: "unauthorized",
+    close: Some(close::INVALID_TOKEN),
+};
+
+/// The player's channel, if the token verifies and the hints agree with it.
+fn authenticate(app: &App, req: &ConnectRequest) -> Result<ChannelKey, Refusal> {
+    let user = match app.verifier.verify(req.jwt().unwrap_or_default()) {
+        Ok(user) => user,
+        // The client may get a fresh token and connect again; the timeout still runs.
+        Err(AuthError::Expired) => {
+            return Err(Refusal {
+                code: code::TOKEN_EXPIRED,
+                message: "token expired",
+                close: None,
+            });
+        }
+        Err(error) => {
+            tracing::debug!(%error, "WebSocket connect refused");
+            return Err(UNAUTHORIZED);
+        }
+    };
+    if req.user_hint().is_some_and(|hint| hint != user) {
+        return Err(UNAUTHORIZED);
+    }
+    let project_id = req.project_id().ok_or(Refusal {
+        code: code::BAD_REQUEST,
+        message: "bad request: data.project_id is required",
+        close: Some(close::BAD_REQUEST),
+    })?;
+    Ok(ChannelKey::new(project_id, &user))
+}
+
 /// Authenticates, joins the user's channel and replies; then tells the client the current
 /// status of its open and recently finished orders (raw SDKs never ask for history).
 async fn connect(
@@ -149,36 +190,20 @@ async fn connect(
     id: u32,
     req: &ConnectRequest,
 ) -> Result<ConnectOutcome, End> {
-    let refuse = |code: u32, message: &str| protocol::error_reply(id, code, message);
-    let user = match app.verifier.verify(req.jwt().unwrap_or_default()) {
-        Ok(user) => user,
-        Err(AuthError::Expired) => {
-            // The client may get a fresh token and connect again; the timeout still runs.
-            send(socket, refuse(code::TOKEN_EXPIRED, "token expired")).await?;
-            return Ok(ConnectOutcome::Retry);
-        }
-        Err(error) => {
-            tracing::debug!(%error, "WebSocket connect refused");
-            send(socket, refuse(code::UNAUTHORIZED, "unauthorized")).await?;
-            return Err(End::Close(close::INVALID_TOKEN));
+    let key = match authenticate(app, req) {
+        Ok(key) => key,
+        Err(refusal) => {
+            send(
+                socket,
+                protocol::error_reply(id, refusal.code, refusal.message),
+            )
+            .await?;
+            return match refusal.close {
+                Some(code) => Err(End::Close(code)),
+                None => Ok(ConnectOutcome::Retry),
+            };
         }
     };
-    if req.user_hint().is_some_and(|hint| hint != user) {
-        send(socket, refuse(code::UNAUTHORIZED, "unauthorized")).await?;
-        return Err(End::Close(close::INVALID_TOKEN));
-    }
-    let Some(project_id) = req.project_id() else {
-        send(
-            socket,
-            refuse(
-                code::BAD_REQUEST,
-                "bad request: data.project_id is required",
-            ),
-        )
-        .await?;
-        return Err(End::Close(close::BAD_REQUEST));
-    };
-    let key = ChannelKey::new(project_id, &user);
     let recent_since = unix_now() - app.limits.tracking_window.as_secs() as i64;
     let joined = app
         .state
