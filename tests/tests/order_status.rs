@@ -405,6 +405,18 @@ async fn stray_pongs_are_harmless_and_the_server_pings() {
         c.send("\n{}\n\n").await;
         assert_eq!(c.next().await, Ok(json!({})), "a server ping");
     }
+    // Unity's websocket-sharp checks liveness with control pings.
+    c.ws.send(Message::Ping(b"alive".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = loop {
+        match tokio::time::timeout(WITHIN, c.ws.next()).await.unwrap() {
+            Some(Ok(Message::Pong(p))) => break p,
+            Some(Ok(_)) => continue,
+            other => panic!("no pong: {other:?}"),
+        }
+    };
+    assert_eq!(&pong[..], b"alive");
     let unknown = json!({"rpc": {"method": "x"}, "id": 9});
     c.send(&unknown.to_string()).await;
     let reply = c.reply().await;

@@ -3,6 +3,18 @@
 //! protocol v2 over WebSocket (`/connection/websocket`) and the Get-order short-poll
 //! (`/api/v2/project/{project_id}/order/{order_id}`). Stateless: every instance builds the
 //! same statuses from the stream, so run as many as needed.
+//!
+//! What clients rely on (`shared/reference/centrifuge-protocol.md` is the spec):
+//! - one server-side channel per player, `orders:{project_id}:{user_id}`, announced in the
+//!   connect reply's `subs`; the user is the verified JWT's `STATUS_JWT_USER_CLAIM`, the
+//!   project `connect.data.project_id`. Offsets count from 1 per channel and instance; the
+//!   epoch is random per process start (clients reload history from offset 0 on connect);
+//! - right after the connect reply, the latest status of each open order (and of each
+//!   finished within the tracking window) is pushed, for SDKs that never call history;
+//! - close codes ([`ws::close`]): 3001 shutdown, 3008 slow, 3009 message too big, 3012 no
+//!   pong, 3013 too many connections (all: reconnect later); 3500 invalid token, 3501 bad
+//!   request, 3502 stale, 4500 order tracking finished, 4501 tracking window elapsed
+//!   (terminal).
 
 pub mod auth;
 pub mod config;
