@@ -876,3 +876,43 @@ async fn an_acceptance_through_the_real_ingress_shows_as_paid_with_no_worker() {
     assert!(at.elapsed() < Duration::from_secs(1), "{:?}", at.elapsed());
     ingress.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn connect_token_wins_and_a_public_key_verifies_rs256() {
+    let s = setup().await;
+    s.paid(17001, "u17").await;
+    let keys = format!(
+        "{}/../ingress/src/status/testdata",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let public = format!("{keys}/rsa-public.pem");
+    let status = s
+        .status(&[
+            ("STATUS_JWT_HS256_SECRET", ""),
+            ("STATUS_JWT_PUBLIC_KEY_FILE", &public),
+        ])
+        .await;
+    let private = std::fs::read(format!("{keys}/rsa-private.pem")).unwrap();
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
+    let rs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"sub": "u17", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap(),
+    )
+    .unwrap();
+    let hs256 = mint_jwt(TEST_JWT_SECRET, "u17", HOUR);
+    // Centrifugo's way (`token`) beside the guide's (`data.auth`): the token wins.
+    let mut c = Client::open(&status).await;
+    let cmd = json!({"connect": {"token": rs256, "data": {"auth": hs256, "project_id": PROJECT}}, "id": 1});
+    c.send(&cmd.to_string()).await;
+    let reply = c.reply().await;
+    assert_eq!(
+        reply["connect"]["subs"],
+        json!({ channel("u17"): {} }),
+        "{reply}"
+    );
+    let mut c = Client::open(&status).await;
+    assert_eq!(c.connect(&hs256, PROJECT).await["error"]["code"], 101);
+    wait_poll_status(&status, 17001, &rs256, "paid").await;
+    assert_eq!(poll(&status, PROJECT, 17001, &hs256).await.0, 401);
+}
