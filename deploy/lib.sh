@@ -5,6 +5,8 @@
 #   ensure_rabbitmq   RabbitMQ answers on $AMQP_HOST:$AMQP_PORT (default 127.0.0.1:5672),
 #                     starting or installing it (Debian) when it does not.
 #   ensure_tools      cargo and cargo-nextest are there (installs nextest from crates.io).
+#   ensure_clients    the real order-status clients (tests/clients/: centrifuge-js with ws,
+#                     centrifuge-python) are installed at their pinned versions.
 
 AMQP_HOST="${AMQP_HOST:-127.0.0.1}"
 AMQP_PORT="${AMQP_PORT:-5672}"
@@ -85,5 +87,57 @@ ensure_tools() {
 	if ! cargo nextest --version >/dev/null 2>&1; then
 		info "installing cargo-nextest (one-off, from crates.io)"
 		cargo install cargo-nextest --locked
+	fi
+}
+
+# The pinned npm and PyPI clients that tests/tests/order_status_clients.rs runs against the
+# real order-status: `npm ci` into tests/clients/node/node_modules (package-lock.json) and
+# `pip install --no-deps --target tests/clients/python/.deps` (requirements.txt). Each is
+# skipped when a stamp says the same lock file was installed with the same interpreter
+# (a re-run costs nothing); a changed pin reinstalls from scratch.
+ensure_clients() {
+	local root node_dir py_dir stamp want
+	root="$(repo_root)"
+	node_dir="$root/tests/clients/node"
+	py_dir="$root/tests/clients/python"
+	if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+		die "node and npm not found: the order-status client tests run Xsolla's JS client (centrifuge-js) on Node.js >= 18.
+  Debian/Ubuntu: sudo apt-get install -y nodejs npm      elsewhere: https://nodejs.org
+then run this command again."
+	fi
+	node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 18 ? 1 : 0)' ||
+		die "Node.js $(node --version) is too old for centrifuge-js 5 (needs >= 18)"
+	stamp="$node_dir/node_modules/.xsolla-bridge-installed"
+	want="$(sha256sum "$node_dir/package-lock.json" | cut -d' ' -f1) node $(node --version)"
+	if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+		info "installing the pinned JS client (npm ci in tests/clients/node)"
+		# --ignore-scripts: nothing in the tree needs an install script; none is run.
+		npm ci --prefix "$node_dir" --ignore-scripts --no-audit --no-fund --no-update-notifier --loglevel=error ||
+			die "npm ci failed in tests/clients/node (output above)"
+		echo "$want" >"$stamp"
+	fi
+
+	if ! command -v python3 >/dev/null 2>&1; then
+		die "python3 not found: the order-status client tests run centrifuge-python (Python >= 3.10).
+  Debian/Ubuntu: sudo apt-get install -y python3 python3-pip      elsewhere: https://www.python.org
+then run this command again."
+	fi
+	python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+		die "$(python3 --version) is too old for centrifuge-python 0.7 (needs >= 3.10)"
+	stamp="$py_dir/.deps/.xsolla-bridge-installed"
+	want="$(sha256sum "$py_dir/requirements.txt" | cut -d' ' -f1) $(python3 -c 'import sys; print(sys.implementation.cache_tag, sys.platform)')"
+	if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+		info "installing the pinned Python client (pip --target tests/clients/python/.deps)"
+		python3 -m pip --version >/dev/null 2>&1 ||
+			die "python3 has no pip: sudo apt-get install -y python3-pip (Debian/Ubuntu), or python3 -m ensurepip"
+		rm -rf "$py_dir/.deps.new"
+		# Into a fresh directory, swapped in once complete: an interrupted install never
+		# leaves a half-filled .deps that looks installed.
+		PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-input --no-deps \
+			--target "$py_dir/.deps.new" -r "$py_dir/requirements.txt" ||
+			die "pip install failed for tests/clients/python/requirements.txt (output above)"
+		echo "$want" >"$py_dir/.deps.new/.xsolla-bridge-installed"
+		rm -rf "$py_dir/.deps"
+		mv "$py_dir/.deps.new" "$py_dir/.deps"
 	fi
 }

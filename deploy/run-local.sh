@@ -2,7 +2,8 @@
 # Runs the whole product on this machine: the README's "run everything" command.
 #
 #   deploy/run-local.sh         (re)start: RabbitMQ check, release build, demo inventory,
-#                               ingress, two workers; then one signed order_paid through it
+#                               ingress, two workers, order-status; then one signed
+#                               order_paid through it, and its status as a player sees it
 #   deploy/run-local.sh stop    stop what the last run started
 #
 # Processes run in the background; logs and pid files are in .run/ at the repo root.
@@ -15,6 +16,15 @@ BIN="$ROOT/target/release"
 SECRET=local-demo-secret
 INGRESS=http://127.0.0.1:8080
 INVENTORY=http://127.0.0.1:8090
+# order-status: the players' order tracking (WebSocket + short-poll). A local dev secret
+# signs the players' JWTs (the game backend holds it in production).
+STATUS_PORT="${STATUS_PORT:-8081}"
+STATUS="http://127.0.0.1:$STATUS_PORT"
+STATUS_SECRET="${STATUS_JWT_HS256_SECRET:-local-status-secret}"
+# The sample order: combined delivery mode, so the body names its project
+# (billing.settings.project_id of Xsolla's example) and the status path can name it too.
+PROJECT=18404
+PLAYER=player-1
 
 # True if pid file $1 names a live process running one of our binaries (a stale file may
 # name a pid the system has since given to something else: never signal that).
@@ -87,12 +97,13 @@ send_order() {
 	local order_id="$1" body sig status
 	if [ -x "$BIN/xsolla-sim" ]; then
 		info "sending order_paid #$order_id with xsolla-sim"
-		"$BIN/xsolla-sim" send order_paid --mode separate --order-id "$order_id" \
-			--url "$INGRESS/webhooks/xsolla" --secret "$SECRET"
+		"$BIN/xsolla-sim" send order_paid --mode combined --order-id "$order_id" \
+			--user "$PLAYER" --url "$INGRESS/webhooks/xsolla" --secret "$SECRET"
 		return
 	fi
 	info "sending order_paid #$order_id with curl"
-	body='{"notification_type":"order_paid","items":[{"sku":"virtual-good-item_test","type":"virtual_good","is_pre_order":false,"quantity":3,"amount":"1000","promotions":[],"custom_attributes":{}},{"sku":"gold","type":"virtual_currency","is_pre_order":false,"quantity":1500,"amount":null,"promotions":[]}],"order":{"id":'"$order_id"',"mode":"sandbox","currency_type":"real","currency":"USD","amount":"9.99","status":"paid","platform":"xsolla","comment":null,"invoice_id":"'"$order_id"'","promotions":[],"promocodes":[],"coupons":[]},"user":{"external_id":"id_xsolla_login_1","email":"gc_user@xsolla.com"}}'
+	# No project in this body: the status endpoint will not find it under /project/$PROJECT.
+	body='{"notification_type":"order_paid","items":[{"sku":"virtual-good-item_test","type":"virtual_good","is_pre_order":false,"quantity":3,"amount":"1000","promotions":[],"custom_attributes":{}},{"sku":"gold","type":"virtual_currency","is_pre_order":false,"quantity":1500,"amount":null,"promotions":[]}],"order":{"id":'"$order_id"',"mode":"sandbox","currency_type":"real","currency":"USD","amount":"9.99","status":"paid","platform":"xsolla","comment":null,"invoice_id":"'"$order_id"'","promotions":[],"promocodes":[],"coupons":[]},"user":{"external_id":"'"$PLAYER"'","email":"gc_user@xsolla.com"}}'
 	sig="$(printf '%s%s' "$body" "$SECRET" | sha1sum | cut -d' ' -f1)"
 	status="$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$INGRESS/webhooks/xsolla" \
 		-H 'Content-Type: application/json' -H "Authorization: Signature $sig" \
@@ -116,6 +127,36 @@ show_grant() {
 	curl -fsS "$INGRESS/metrics" | grep '^xsolla_' || true
 	echo "Worker logs: $RUN/worker-1.log, $RUN/worker-2.log"
 	return 1
+}
+
+# What the player's game sees: Xsolla's Get-order short-poll on order-status, with a player
+# JWT minted as the game backend would (xsolla-sim jwt), until `done` (granted) or 20 s.
+show_status() {
+	local order_id="$1" token body="" deadline=$((SECONDS + 20))
+	if [ ! -x "$BIN/xsolla-sim" ] || [ ! -e "$RUN/order-status.pid" ]; then
+		return 0
+	fi
+	token="$("$BIN/xsolla-sim" jwt --user "$PLAYER" --secret "$STATUS_SECRET" --ttl 10m)"
+	while [ "$SECONDS" -lt "$deadline" ]; do
+		body="$(curl -sS --max-time 2 -H "Authorization: Bearer $token" \
+			"$STATUS/api/v2/project/$PROJECT/order/$order_id" 2>/dev/null)" || body=""
+		grep -q '"status":"\(done\|canceled\)"' <<<"$body" && break
+		sleep 0.2
+	done
+	echo "Order status as the player's game sees it (GET $STATUS/api/v2/project/$PROJECT/order/$order_id):"
+	echo "  ${body:-(no answer)}"
+	if grep -q '"status":"paid"' <<<"$body"; then
+		echo "  (still paid: order-status has not seen the worker's grant event; see $RUN/worker-*.log)"
+	fi
+	# The operator's view of the same order.
+	# INTEGRATOR: `worker order` comes from another branch; until it is merged this prints
+	# the notice below instead of the timeline.
+	if "$BIN/worker" order --help >/dev/null 2>&1; then
+		echo "Timeline (worker order $order_id):"
+		"$BIN/worker" order "$order_id" || true
+	else
+		echo "(worker order is not in this build: no timeline to show)"
+	fi
 }
 
 if [ "${1:-}" = stop ]; then
@@ -151,14 +192,18 @@ fi
 for i in 1 2; do
 	start "worker-$i" worker INVENTORY_URL="$INVENTORY" WORKER_LISTEN="127.0.0.1:909$i" || true
 done
+start order-status order-status STATUS_LISTEN="127.0.0.1:$STATUS_PORT" \
+	STATUS_JWT_HS256_SECRET="$STATUS_SECRET" || true
 [ ! -e "$RUN/ingress.pid" ] || wait_http ingress "$INGRESS/readyz"
 [ ! -e "$RUN/worker-1.pid" ] || wait_http worker-1 http://127.0.0.1:9091/readyz
 [ ! -e "$RUN/worker-2.pid" ] || wait_http worker-2 http://127.0.0.1:9092/readyz
+[ ! -e "$RUN/order-status.pid" ] || wait_http order-status "$STATUS/readyz"
 
 if [ "$have_ingress" -eq 1 ]; then
 	order_id="$(date +%s)"
 	send_order "$order_id" || info "the sample webhook was not acknowledged (see above)"
 	show_grant "$order_id" || info "see the logs below"
+	show_status "$order_id"
 fi
 
 cat <<EOF
@@ -167,5 +212,10 @@ Running (AMQP_URL default: amqp://guest:guest@127.0.0.1:5672/%2f):
   ingress         $INGRESS/webhooks/xsolla   (secret: $SECRET)   /readyz /metrics
   workers         http://127.0.0.1:9091 and :9092                  /readyz /metrics
   demo inventory  $INVENTORY                 GET /_admin/state
+  order-status    ws://127.0.0.1:$STATUS_PORT/connection/websocket  and  $STATUS/api/v2/project/{project_id}/order/{order_id}
+                  (player JWTs: HS256, secret $STATUS_SECRET; mint one with
+                   $BIN/xsolla-sim jwt --user $PLAYER --secret $STATUS_SECRET)
+  watch an order  $BIN/xsolla-sim watch --url ws://127.0.0.1:$STATUS_PORT/connection/websocket \\
+                    --project $PROJECT --user $PLAYER --secret $STATUS_SECRET --order <id>
 Logs: $RUN/*.log     Stop everything: deploy/run-local.sh stop
 EOF

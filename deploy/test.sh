@@ -6,7 +6,9 @@
 #
 # The tests need RabbitMQ on 127.0.0.1:5672 (guest/guest); it is started, or installed
 # from Debian's packages, when missing. Tests that stop a broker boot private nodes of
-# their own (tests/src/rabbit.rs), so this shared one is never stopped.
+# their own (tests/src/rabbit.rs), so this shared one is never stopped. The order-status
+# client tests run Xsolla's real clients: Node.js + npm and Python 3.10+ with pip must be
+# there; the pinned packages of tests/clients/ are installed here (once; then a no-op).
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -14,6 +16,7 @@ cd "$(repo_root)"
 
 ensure_tools
 ensure_rabbitmq
+ensure_clients
 
 if [ "$#" -eq 0 ]; then
 	# Doc examples are compiled (most are no_run); ~10 s on top of the nextest build,

@@ -115,6 +115,18 @@ for name, d in deployments.items():
             for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
                 if field in ref and (kind, ref[field].get("name")) not in objs:
                     err(cw, f"envFrom {kind} {ref[field].get('name')!r} is not defined")
+        for var in c.get("env") or []:
+            src = var.get("valueFrom") or {}
+            for kind, field in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                if field not in src:
+                    continue
+                target = objs.get((kind, src[field].get("name")))
+                if not target:
+                    err(cw, f"env {var.get('name')}: {kind} {src[field].get('name')!r} is not defined")
+                    continue
+                keys = {**(target[1].get("data") or {}), **(target[1].get("stringData") or {})}
+                if src[field].get("key") not in keys:
+                    err(cw, f"env {var.get('name')}: {kind} {src[field].get('name')} has no key {src[field].get('key')!r}")
 
 for (kind, name), (path, d) in objs.items():
     if kind == "Service":
@@ -146,6 +158,26 @@ else:
         err("Deployment/xsolla-ingress", "livenessProbe must be GET /healthz")
     if (wrk["spec"].get("replicas") or 1) < 2:
         err("Deployment/xsolla-worker", "run at least 2 replicas")
+st = deployments.get("xsolla-order-status")
+if not st:
+    err("deploy/k8s", "expected Deployment xsolla-order-status")
+else:
+    c = st["spec"]["template"]["spec"]["containers"][0]
+    if (c.get("readinessProbe") or {}).get("httpGet", {}).get("path") != "/readyz":
+        err("Deployment/xsolla-order-status", "readinessProbe must be GET /readyz")
+    if (c.get("livenessProbe") or {}).get("httpGet", {}).get("path") != "/healthz":
+        err("Deployment/xsolla-order-status", "livenessProbe must be GET /healthz")
+    cm = objs.get(("ConfigMap", "xsolla-bridge"))
+    listen = ((cm[1].get("data") or {}) if cm else {}).get("STATUS_LISTEN", "0.0.0.0:8081")
+    ports = {p.get("containerPort") for p in c.get("ports") or []}
+    if int(listen.rsplit(":", 1)[-1]) not in ports:
+        err("Deployment/xsolla-order-status", f"STATUS_LISTEN {listen} is not a container port {sorted(ports)}")
+    names = {v.get("name") for v in c.get("env") or []}
+    if "AMQP_URL" not in names and not any("secretRef" in r and r["secretRef"].get("name") == "xsolla-bridge" for r in c.get("envFrom") or []):
+        err("Deployment/xsolla-order-status", "no AMQP_URL")
+st_secret = objs.get(("Secret", "xsolla-order-status"))
+if not st_secret or "STATUS_JWT_HS256_SECRET" not in {**(st_secret[1].get("stringData") or {}), **(st_secret[1].get("data") or {})}:
+    err("deploy/k8s", "expected Secret xsolla-order-status with STATUS_JWT_HS256_SECRET")
 secret = objs.get(("Secret", "xsolla-bridge"))
 if secret:
     data = {**(secret[1].get("stringData") or {}), **(secret[1].get("data") or {})}
@@ -195,7 +227,7 @@ for name, s in services.items():
         for k, val in env.items():
             if val is None:
                 err(where, f"environment {k} has no value")
-for needed in ("rabbitmq", "ingress", "worker", "demo-inventory"):
+for needed in ("rabbitmq", "ingress", "worker", "order-status", "demo-inventory"):
     if needed not in services:
         err(cpath, f"missing service {needed}")
 if "healthcheck" not in services.get("rabbitmq", {}):

@@ -8,6 +8,7 @@ pub mod error;
 pub mod publisher;
 pub mod routes;
 pub mod secrets;
+pub mod status;
 pub mod user_check;
 pub mod verify;
 

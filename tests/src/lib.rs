@@ -8,6 +8,7 @@ pub mod ingress_harness;
 pub mod inventory;
 pub mod rabbit;
 pub mod sim;
+pub mod status_harness;
 pub mod wait;
 pub mod worker_harness;
 

@@ -1,6 +1,8 @@
-//! `xsolla-sim`: plays Xsolla against a webhook endpoint. `send` delivers one signed
-//! webhook (optionally with Xsolla's re-send schedule); `load` measures throughput and
-//! latency. The work is in `tests::sim`; this file is options and printing.
+//! `xsolla-sim`: plays Xsolla against a webhook endpoint, and a game against `order-status`.
+//! `send` delivers one signed webhook (optionally with Xsolla's re-send schedule); `load`
+//! measures throughput and latency; `jwt` mints a player token; `watch` tracks orders over
+//! the Centrifuge WebSocket like a game client. The work is in `tests::sim`; this file is
+//! options and printing.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -8,7 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use shared::config::parse_duration;
 use tests::sim::{
     self, Answer, Delivery, Kind, LoadPlan, Mode, Outcome, Overrides, Policy, Sender, Template,
-    Verdict, schedule,
+    Verdict,
+    jwt::{PlayerClaims, mint_hs256},
+    schedule,
+    watch::{Source, TokenPlacement, WatchEnd, WatchEvent, WatchOptions},
 };
 use tokio::time::Instant;
 
@@ -16,21 +21,31 @@ const EXIT_REFUSED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_GAVE_UP: u8 = 3;
 
-/// Sends correctly signed Xsolla webhooks to your endpoint, the way Xsolla sends them.
+/// Sends correctly signed Xsolla webhooks to your endpoint, the way Xsolla sends them, and
+/// follows orders on `order-status` the way a game client does.
 ///
 /// Bodies are Xsolla's published examples with the user, item, order id and delivery
 /// mode you choose, signed as `Authorization: Signature sha1(body ‖ secret)`.
 ///
-/// Exit status: 0 acknowledged (200/201/204; any 2xx for payment, refund and
-/// user_validation), 1 refused with a 4xx Xsolla does not retry, 2 bad usage,
-/// 3 never acknowledged (5xx, other codes, no answer, after the retries if --retry).
+/// Exit status of send/load: 0 acknowledged (200/201/204; any 2xx for payment, refund and
+/// user_validation), 1 refused with a 4xx Xsolla does not retry, 2 bad usage, 3 never
+/// acknowledged (5xx, other codes, no answer, after the retries if --retry).
+/// Of watch: 0 final status (or the server's 4500 "tracking finished"), 1 refused (connect
+/// error or a 35xx close), 2 bad usage, 3 ended without a final status (4501, other
+/// closes, --for elapsed).
 #[derive(Parser, Debug)]
 #[command(name = "xsolla-sim", version, after_help = EXAMPLES)]
 struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where webhooks go and how they are signed (send, load).
+#[derive(Args, Debug)]
+struct Target {
     /// Webhook URL to send to.
     #[arg(
         long,
-        global = true,
         env = "XSOLLA_SIM_URL",
         default_value = "http://127.0.0.1:8080/webhooks/xsolla"
     )]
@@ -38,20 +53,12 @@ struct Cli {
 
     /// Project secret key the webhooks are signed with (Publisher Account → Project
     /// settings → Webhooks). A comma-separated list signs with the first.
-    #[arg(
-        long,
-        global = true,
-        env = "XSOLLA_WEBHOOK_SECRET",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "XSOLLA_WEBHOOK_SECRET", hide_env_values = true)]
     secret: Option<String>,
 
     /// Longest wait for one answer; past it the attempt counts as no answer.
-    #[arg(long, global = true, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
-
-    #[command(subcommand)]
-    command: Command,
 }
 
 const EXAMPLES: &str = "\
@@ -62,7 +69,13 @@ Examples:
   xsolla-sim send order_paid --retry --time-scale 0.001   # 5 min waits become 300 ms
   xsolla-sim send payment --print-body --dry-run          # show the body and header only
   xsolla-sim load --rate 200 --duration 30s --concurrency 32
-  xsolla-sim load --concurrency 64 --duration 10s --json  # as fast as answers come";
+  xsolla-sim load --concurrency 64 --duration 10s --json  # as fast as answers come
+
+  export STATUS_JWT_HS256_SECRET=my-status-secret           # order-status's HS256 key
+  xsolla-sim jwt --user player-1 --ttl 10m                  # a player token, as the game backend signs it
+  curl -H \"Authorization: Bearer $(xsolla-sim jwt --user player-1)\" \\
+       http://127.0.0.1:8081/api/v2/project/42/order/1001
+  xsolla-sim watch --project 42 --user player-1 --order 1001   # paid … done, with timestamps";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -70,6 +83,90 @@ enum Command {
     Send(SendArgs),
     /// Send many webhooks with distinct ids; report throughput and latency percentiles.
     Load(LoadArgs),
+    /// Print a player JWT for order-status (HS256; `sub` = the user, `exp` = now + --ttl).
+    Jwt(JwtArgs),
+    /// Follow a player's orders on order-status's WebSocket like a game client: history
+    /// since offset 0, then live changes, one timestamped line per status.
+    Watch(WatchArgs),
+}
+
+/// How a player token is signed (jwt, watch).
+#[derive(Args, Debug)]
+struct Signing {
+    /// HS256 secret of order-status (its STATUS_JWT_HS256_SECRET); a comma-separated list
+    /// signs with the first.
+    #[arg(long, env = "STATUS_JWT_HS256_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+
+    /// How long the token is valid.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    ttl: Duration,
+
+    /// Claim that carries the user id (order-status's STATUS_JWT_USER_CLAIM).
+    #[arg(long, env = "STATUS_JWT_USER_CLAIM", default_value = "sub")]
+    user_claim: String,
+
+    /// `iss` claim (when order-status checks STATUS_JWT_ISSUER).
+    #[arg(long, env = "STATUS_JWT_ISSUER")]
+    issuer: Option<String>,
+
+    /// `aud` claim (when order-status checks STATUS_JWT_AUDIENCE).
+    #[arg(long, env = "STATUS_JWT_AUDIENCE")]
+    audience: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct JwtArgs {
+    /// The player: the `user.external_id` Xsolla sends in the webhooks.
+    #[arg(long)]
+    user: String,
+
+    #[command(flatten)]
+    signing: Signing,
+}
+
+#[derive(Args, Debug)]
+struct WatchArgs {
+    /// order-status's WebSocket endpoint.
+    #[arg(
+        long,
+        env = "XSOLLA_SIM_WATCH_URL",
+        default_value = "ws://127.0.0.1:8081/connection/websocket"
+    )]
+    url: String,
+
+    /// Xsolla project id (`data.project_id`).
+    #[arg(long)]
+    project: i64,
+
+    /// The player (`data.user_external_id`; the token's user is what counts).
+    #[arg(long)]
+    user: String,
+
+    /// Stop at this order's final status (done or canceled); without it, watch until the
+    /// server closes the connection or --for passes.
+    #[arg(long)]
+    order: Option<i64>,
+
+    /// The player's JWT; without it one is minted for --user with --secret.
+    #[arg(long, env = "AUTH_JWT", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Where the token goes: `data` (data.auth, as Xsolla's clients) or `token`
+    /// (connect.token, as a Centrifugo client).
+    #[arg(long, value_enum, default_value_t = TokenPlacement::Data)]
+    send_token_as: TokenPlacement,
+
+    /// Give up after this long.
+    #[arg(long = "for", default_value = "10m", value_parser = parse_duration)]
+    max_time: Duration,
+
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    signing: Signing,
 }
 
 /// Shared by `send` and `load`.
@@ -120,6 +217,9 @@ struct SendArgs {
     #[command(flatten)]
     delivering: Delivering,
 
+    #[command(flatten)]
+    target: Target,
+
     /// Print the body and its Authorization header before sending.
     #[arg(long)]
     print_body: bool,
@@ -154,6 +254,9 @@ struct LoadArgs {
 
     #[command(flatten)]
     delivering: Delivering,
+
+    #[command(flatten)]
+    target: Target,
 }
 
 fn parse_scale(s: &str) -> Result<f64, String> {
@@ -173,18 +276,17 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Some(secret) = cli
-        .secret
-        .as_deref()
-        .and_then(|s| s.split(',').next())
-        .filter(|s| !s.is_empty())
-    else {
-        eprintln!("xsolla-sim: set the project secret with --secret or XSOLLA_WEBHOOK_SECRET");
-        return ExitCode::from(EXIT_USAGE);
-    };
     let result = match &cli.command {
-        Command::Send(args) => send(&cli, args, secret).await,
-        Command::Load(args) => load(&cli, args, secret).await,
+        Command::Send(args) => match webhook_secret(&args.target) {
+            Some(secret) => send(&args.target, args, secret).await,
+            None => return missing_webhook_secret(),
+        },
+        Command::Load(args) => match webhook_secret(&args.target) {
+            Some(secret) => load(&args.target, args, secret).await,
+            None => return missing_webhook_secret(),
+        },
+        Command::Jwt(args) => jwt(args),
+        Command::Watch(args) => watch(args).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("xsolla-sim: {e:#}");
@@ -192,7 +294,139 @@ async fn main() -> ExitCode {
     })
 }
 
-async fn send(cli: &Cli, args: &SendArgs, secret: &str) -> anyhow::Result<ExitCode> {
+fn webhook_secret(target: &Target) -> Option<&str> {
+    first_secret(target.secret.as_deref())
+}
+
+/// The first of a comma-separated list, if not empty.
+fn first_secret(list: Option<&str>) -> Option<&str> {
+    list.and_then(|s| s.split(',').next())
+        .filter(|s| !s.is_empty())
+}
+
+fn missing_webhook_secret() -> ExitCode {
+    eprintln!("xsolla-sim: set the project secret with --secret or XSOLLA_WEBHOOK_SECRET");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// A token for `user` signed as `signing` says.
+fn mint(user: &str, signing: &Signing) -> anyhow::Result<String> {
+    let Some(secret) = first_secret(signing.secret.as_deref()) else {
+        anyhow::bail!("set order-status's HS256 secret with --secret or STATUS_JWT_HS256_SECRET");
+    };
+    let mut claims = PlayerClaims::new(user, signing.ttl);
+    claims.user_claim = signing.user_claim.clone();
+    claims.issuer = signing.issuer.clone();
+    claims.audience = signing.audience.clone();
+    mint_hs256(secret, &claims)
+}
+
+fn jwt(args: &JwtArgs) -> anyhow::Result<ExitCode> {
+    println!("{}", mint(&args.user, &args.signing)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    let token = match &args.token {
+        Some(token) if !token.is_empty() => token.clone(),
+        _ => mint(&args.user, &args.signing)?,
+    };
+    let options = WatchOptions {
+        url: args.url.clone(),
+        project_id: args.project,
+        user: args.user.clone(),
+        token,
+        placement: args.send_token_as,
+        order: args.order,
+        max_time: args.max_time,
+    };
+    let json = args.json;
+    let end = sim::watch::watch(&options, |event| print_watch_event(event, json)).await?;
+    let at = timestamp();
+    if json {
+        let mut line = serde_json::to_value(&end)?;
+        line["at"] = at.into();
+        println!("{line}");
+    } else {
+        let text = match &end {
+            WatchEnd::Final { order_id, status } => {
+                format!("final      order {order_id}  {status}")
+            }
+            WatchEnd::Refused { code, message } => format!("refused    {code} {message}"),
+            WatchEnd::Closed {
+                code: Some(code),
+                reason,
+            } => format!("closed     {code} {reason}"),
+            WatchEnd::Closed { code: None, reason } => format!("closed     {reason}"),
+            WatchEnd::Deadline => format!(
+                "gave up    after {}",
+                humantime::format_duration(args.max_time)
+            ),
+        };
+        println!("{at}  {text}");
+    }
+    Ok(match end {
+        WatchEnd::Final { .. }
+        | WatchEnd::Closed {
+            code: Some(4500), ..
+        } => ExitCode::SUCCESS,
+        WatchEnd::Refused { .. } => ExitCode::from(EXIT_REFUSED),
+        WatchEnd::Closed {
+            code: Some(3500..=3999),
+            ..
+        } => ExitCode::from(EXIT_REFUSED),
+        WatchEnd::Closed { .. } | WatchEnd::Deadline => ExitCode::from(EXIT_GAVE_UP),
+    })
+}
+
+fn print_watch_event(event: &WatchEvent, json: bool) {
+    let at = timestamp();
+    if json {
+        let mut line = serde_json::to_value(event).unwrap_or_default();
+        line["at"] = at.into();
+        println!("{line}");
+        return;
+    }
+    match event {
+        WatchEvent::Connected { client, channels } => {
+            println!(
+                "{at}  connected  client {client}  channels {}",
+                channels.join(",")
+            );
+        }
+        WatchEvent::Status {
+            source,
+            order_id,
+            status,
+            offset,
+            ..
+        } => {
+            let source = match source {
+                Source::History => "history",
+                Source::Live => "live",
+            };
+            let offset = offset
+                .map(|o| format!("  (offset {o})"))
+                .unwrap_or_default();
+            println!("{at}  {source:<9}  order {order_id}  {status}{offset}");
+        }
+        WatchEvent::HistoryError { code, message } => {
+            println!("{at}  history error {code} {message}");
+        }
+    }
+}
+
+/// Now, RFC 3339 UTC with milliseconds (fixed width, so lines align).
+fn timestamp() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}
+
+async fn send(cli: &Target, args: &SendArgs, secret: &str) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         user: args.user.clone(),
         sku: args.sku.clone(),
@@ -317,7 +551,7 @@ fn policy(d: &Delivering) -> Policy {
     }
 }
 
-async fn load(cli: &Cli, args: &LoadArgs, secret: &str) -> anyhow::Result<ExitCode> {
+async fn load(cli: &Target, args: &LoadArgs, secret: &str) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         mode: args.delivering.mode,
         ..Default::default()

@@ -1,6 +1,7 @@
 //! `xsolla-sim` as a library: build Xsolla webhooks from the reference payloads, sign them,
 //! and send them the way Xsolla does (its retry schedule, optionally time-scaled), one at a
-//! time or as load with throughput and latency percentiles.
+//! time or as load with throughput and latency percentiles; mint player JWTs and watch
+//! orders on `order-status` like a game client ([`jwt`], [`watch`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -15,12 +16,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod jwt;
 pub mod lean;
 pub mod load;
 pub mod report;
 pub mod schedule;
 pub mod send;
 pub mod vhost;
+pub mod watch;
 pub mod webhook;
 
 pub use load::{Ids, LoadPlan, new_run_id, planned_offset};

@@ -1,0 +1,213 @@
+//! `order-status`: serves players their orders' real delivery state, read from the
+//! order-event stream, over Xsolla's two order-tracking protocols: the Centrifuge client
+//! protocol v2 over WebSocket (`/connection/websocket`) and the Get-order short-poll
+//! (`/api/v2/project/{project_id}/order/{order_id}`). Stateless: every instance builds the
+//! same statuses from the stream, so run as many as needed.
+//!
+//! What clients rely on (`shared/reference/centrifuge-protocol.md` is the spec):
+//! - one server-side channel per player, `orders:{project_id}:{user_id}`, announced in the
+//!   connect reply's `subs`; the user is the verified JWT's `STATUS_JWT_USER_CLAIM`, the
+//!   project `connect.data.project_id`. Offsets count from 1 per channel and instance; the
+//!   epoch is random per process start (clients reload history from offset 0 on connect);
+//! - right after the connect reply, the latest status of each open order (and of each
+//!   finished within the tracking window) is pushed, for SDKs that never call history;
+//! - close codes ([`ws::close`]): 3001 shutdown, 3008 slow, 3009 message too big, 3012 no
+//!   pong, 3013 too many connections (all: reconnect later); 3500 invalid token, 3501 bad
+//!   request, 3502 stale, 4500 order tracking finished, 4501 tracking window elapsed
+//!   (terminal).
+
+pub mod auth;
+pub mod config;
+pub mod feed;
+pub mod poll;
+pub mod protocol;
+pub mod session;
+pub mod state;
+pub mod view;
+pub mod ws;
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{Router, routing::get};
+use clap::Parser as _;
+use shared::{amqp, ops, telemetry};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use config::StatusArgs;
+
+/// How long open WebSockets get to receive their 3001 close on shutdown.
+const CLOSE_ON_SHUTDOWN: Duration = Duration::from_secs(3);
+
+/// The timing and size limits of the endpoints.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub tracking_window: Duration,
+    pub ping_interval: Duration,
+    pub final_grace: Duration,
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_frame_bytes: usize,
+}
+
+/// What every handler shares.
+pub struct App {
+    pub state: Arc<state::State>,
+    pub verifier: auth::Verifier,
+    pub limits: Limits,
+    pub origins: Vec<String>,
+    pub shutdown: CancellationToken,
+    /// Upgraded sockets, which the HTTP server's graceful shutdown does not wait for.
+    pub tracker: TaskTracker,
+}
+
+/// Serves on `listener` until `shutdown`: reads the stream, answers WebSockets and polls,
+/// then closes every WebSocket with 3001 and the broker connection.
+///
+/// Plain `axum::serve` for now; the ingress's HTTP hardening (header-read timeout, request
+/// deadline, connection cap) can replace it here without changing the signature.
+pub async fn run(
+    listener: TcpListener,
+    args: StatusArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let verifier = auth::Verifier::from_args(&args).map_err(anyhow::Error::msg)?;
+    let metrics = telemetry::metrics_handle();
+    register_metrics();
+    let broker_stop = CancellationToken::new();
+    let (link, supervisor) = amqp::supervise(
+        args.broker.amqp_url.clone(),
+        format!("xsolla-bridge order-status {}", std::process::id()),
+        args.broker.topology(),
+        broker_stop.clone(),
+    );
+    let state = state::State::new();
+    let feed = tokio::spawn(feed::run(
+        link.clone(),
+        state.clone(),
+        args.broker.publish_timeout,
+        broker_stop.clone(),
+    ));
+    let forget = tokio::spawn(feed::forget_expired(
+        state.clone(),
+        args.broker.status_retention,
+        broker_stop.clone(),
+    ));
+    let ready = {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        Arc::new(move || link.is_ready() && state.is_caught_up() && !shutdown.is_cancelled())
+    };
+    let app = Arc::new(App {
+        state,
+        verifier,
+        limits: Limits {
+            tracking_window: args.tracking_window,
+            ping_interval: args.ping_interval,
+            final_grace: args.final_grace,
+            connect_timeout: args.connect_timeout,
+            max_connections: args.max_connections,
+            max_connections_per_user: args.max_connections_per_user,
+            max_frame_bytes: args.max_frame_bytes,
+        },
+        origins: args.origins(),
+        shutdown: shutdown.clone(),
+        tracker: TaskTracker::new(),
+    });
+    tracing::info!(listen = %listener.local_addr()?, epoch = %app.state.epoch, "order-status listening");
+    let router = Router::new()
+        .route("/connection/websocket", get(ws::upgrade))
+        .route(
+            "/api/v2/project/{project_id}/order/{order_id}",
+            get(poll::get_order),
+        )
+        .with_state(app.clone())
+        .merge(ops::router(ready, metrics));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("HTTP server failed")?;
+    app.tracker.close();
+    if tokio::time::timeout(CLOSE_ON_SHUTDOWN, app.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some WebSockets did not close in time");
+    }
+    broker_stop.cancel();
+    let _ = feed.await;
+    let _ = forget.await;
+    let _ = supervisor.await;
+    tracing::info!("order-status stopped");
+    Ok(())
+}
+
+/// Every series at start-up, so zero shows as 0 rather than absent.
+fn register_metrics() {
+    use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+    describe_gauge!("build_info", "Always 1; the version is the label");
+    gauge!("build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    describe_gauge!("status_connections", "Open WebSocket connections");
+    gauge!("status_connections").increment(0.0);
+    describe_counter!(
+        "status_publications_sent_total",
+        "Status pushes written to WebSockets"
+    );
+    counter!("status_publications_sent_total").absolute(0);
+    describe_counter!(
+        "status_events_applied_total",
+        "Order-stream messages read, by outcome (published, unchanged, no_project, skipped)"
+    );
+    for outcome in ["published", "unchanged", "no_project", "skipped"] {
+        counter!("status_events_applied_total", "outcome" => outcome).increment(0);
+    }
+    describe_gauge!(
+        "status_stream_offset",
+        "Offset of the last order-stream message read"
+    );
+    gauge!("status_stream_offset").increment(0.0);
+    describe_gauge!(
+        "status_caught_up",
+        "1 once the boot-time catch-up marker was read"
+    );
+    gauge!("status_caught_up").set(0.0);
+    describe_gauge!(
+        "status_catch_up_lag_seconds",
+        Unit::Seconds,
+        "Age of the last order event read (large while catching up)"
+    );
+    gauge!("status_catch_up_lag_seconds").increment(0.0);
+}
+
+/// The binary: parse options, set up telemetry, bind, serve until SIGTERM or ctrl-c.
+pub async fn run_main() -> ExitCode {
+    let args = StatusArgs::parse();
+    telemetry::init_tracing(args.broker.log_format);
+    // The key file is read here too, so a bad one stops start-up like a missing option.
+    let checked = args
+        .validate()
+        .and_then(|()| auth::Verifier::from_args(&args).map(drop));
+    if let Err(e) = checked {
+        eprintln!("order-status: bad configuration: {e}");
+        return ExitCode::from(2);
+    }
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "order-status: STATUS_LISTEN (--listen) {}: cannot bind: {e}",
+                args.listen
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(listener, args, telemetry::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("order-status: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
