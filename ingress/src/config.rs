@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shared::config::{BrokerArgs, parse_duration};
 
-use crate::allowlist::{IpAllowlist, parse_allowlist, parse_cidr_list};
+use crate::{
+    allowlist::{IpAllowlist, parse_allowlist, parse_cidr_list},
+    serve::ServerLimits,
+};
 
 /// Command line and environment of the `ingress` binary.
 #[derive(Debug, Clone, clap::Parser)]
@@ -17,6 +20,9 @@ use crate::allowlist::{IpAllowlist, parse_allowlist, parse_cidr_list};
 pub struct IngressArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub limits: ServerLimits,
 
     /// Address the HTTP server listens on.
     #[arg(long, env = "INGRESS_LISTEN", default_value = "0.0.0.0:8080")]

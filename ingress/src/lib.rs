@@ -8,10 +8,11 @@ pub mod error;
 pub mod publisher;
 pub mod routes;
 pub mod secrets;
+pub mod serve;
 pub mod user_check;
 pub mod verify;
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -78,11 +79,7 @@ pub async fn run(
         "ingress listening"
     );
     let router = routes::router(app).merge(ops::router(ready, metrics));
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = serve::serve(listener, router, &args.limits, shutdown.clone());
     let drain_deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(args.shutdown_timeout).await;

@@ -1,0 +1,432 @@
+//! An HTTP/1.1 server loop for a public listener, hardened against slow and idle clients:
+//! a header-read timeout, an idle keep-alive timeout, a whole-request deadline and a cap on
+//! open connections, and an accept loop that survives running out of file descriptors.
+//!
+//! `axum::serve` has none of these (it gives hyper no timer), so a client sending one header
+//! byte a second, or a body one byte short, or nothing at all, held a connection for ever.
+//! Shared by the binaries of this crate (`ingress`, and `order-status`, whose WebSocket
+//! upgrades are left alone once upgraded: the deadlines cover reading a request and running
+//! its handler, never an upgraded connection).
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::ConnectInfo,
+    http::{HeaderValue, Request, Response, StatusCode, header::CONNECTION},
+};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use shared::config::parse_duration;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::{Instant, Sleep},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt as _;
+
+/// Limits for one listener; `#[command(flatten)]` it into a binary's options.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ServerLimits {
+    /// Time a client has to send a complete request head (request line and headers),
+    /// counted from the connection's accept or from the first byte of a later request on
+    /// the same connection. Slower clients are disconnected (slowloris).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Deadline for one request once its head is in: reading the body and running the
+    /// handler. Past it the answer is 408 and the connection is closed (a stalled body).
+    /// Does not apply to a connection once upgraded (WebSocket).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long a keep-alive connection may wait, between an answer and the first byte of
+    /// the next request, before it is closed.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most connections open at once. At the cap the server stops accepting: further
+    /// clients wait in the kernel's listen backlog until a connection closes (the timeouts
+    /// above make sure one does). Keep it below the process's file-descriptor limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_connections: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown`; then stops accepting, lets every open
+/// connection finish its current request (idle ones close at once) and returns when all
+/// are closed. Handlers can extract `ConnectInfo<SocketAddr>` (the TCP peer).
+///
+/// Over-long waits are the caller's to bound (e.g. `select!` with a drain deadline).
+/// Accept errors never end the loop: running out of file descriptors (`EMFILE`) backs off
+/// and retries, so the server recovers as soon as connections close.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &ServerLimits,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let connections = TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Our own timers below replace hyper's header timeout: hyper's runs from the end of
+    // one answer to the end of the next head, so it cannot tell idle from slow.
+    http.timer(TokioTimer::new()).header_read_timeout(None);
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        // Stop accepting at the cap rather than accept-and-close: the extra clients wait
+        // in the kernel backlog (no descriptor of ours) and are served as slots free up.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            () = shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff.reset();
+                accepted
+            }
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: retrying at once would spin.
+                let pause = backoff.next();
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "accept failed");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve_connection(
+            http.clone(),
+            stream,
+            peer,
+            slot,
+            router.clone(),
+            limits.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+async fn serve_connection(
+    http: hyper::server::conn::http1::Builder,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
+    let clock = Arc::new(ConnClock::new());
+    let io = Guarded {
+        inner: stream,
+        clock: clock.clone(),
+        header_read_timeout: limits.header_read_timeout,
+        idle_timeout: limits.idle_timeout,
+        timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
+        armed_for: None,
+        _slot: slot,
+    };
+    let service = ConnService {
+        router,
+        peer,
+        clock,
+        request_timeout: limits.request_timeout,
+    };
+    let connection = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Errors about one connection that the peer caused; the listener is fine.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Pauses after failed accepts: 10 ms doubling to 1 s, back to 10 ms after a success.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    fn next(&mut self) -> Duration {
+        let pause = Duration::from_millis(10 << self.failures.min(7)).min(Duration::from_secs(1));
+        self.failures = self.failures.saturating_add(1);
+        pause
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Where a connection is in its life, shared between its socket and its service.
+struct ConnClock {
+    /// One of `HEAD`, `BUSY`, `IDLE`, `UPGRADED`.
+    phase: AtomicU8,
+    /// When the current phase began, in µs since `origin`.
+    since_us: AtomicU64,
+    origin: Instant,
+}
+
+/// Waiting for (the rest of) a request head: the header-read timeout runs.
+const HEAD: u8 = 0;
+/// A request is being read or handled: the request deadline (in the service) runs.
+const BUSY: u8 = 1;
+/// Answered, waiting for the next request: the idle timeout runs.
+const IDLE: u8 = 2;
+/// Handed to an upgrade (WebSocket): no timeout of ours.
+const UPGRADED: u8 = 3;
+
+impl ConnClock {
+    fn new() -> ConnClock {
+        ConnClock {
+            phase: AtomicU8::new(HEAD),
+            since_us: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn enter(&self, phase: u8) {
+        let since = self.origin.elapsed().as_micros() as u64;
+        self.since_us.store(since, Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::Relaxed)
+    }
+
+    fn since(&self) -> Instant {
+        self.origin + Duration::from_micros(self.since_us.load(Ordering::Relaxed))
+    }
+}
+
+/// The socket, enforcing the header-read and idle timeouts on reads, and holding the
+/// connection's slot for as long as the socket lives (an upgraded one included).
+struct Guarded {
+    inner: TcpStream,
+    clock: Arc<ConnClock>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    armed_for: Option<Instant>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Guarded {
+    /// The instant past which the current phase has taken too long, if it has a limit.
+    fn deadline(&self) -> Option<Instant> {
+        let limit = match self.clock.phase() {
+            HEAD => self.header_read_timeout,
+            IDLE => self.idle_timeout,
+            _ => return None,
+        };
+        Some(self.clock.since() + limit)
+    }
+
+    fn timed_out(phase: u8) -> io::Error {
+        let what = if phase == IDLE {
+            "idle timeout"
+        } else {
+            "header read timeout"
+        };
+        io::Error::new(io::ErrorKind::TimedOut, what)
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        if let Poll::Ready(read) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+            if read.is_ok() && buf.filled().len() > before {
+                match this.clock.phase() {
+                    // The first byte of the next request: from now on it is a head.
+                    IDLE => this.clock.enter(HEAD),
+                    // A trickling head still has to arrive whole in time.
+                    HEAD if this.deadline().is_some_and(|d| Instant::now() >= d) => {
+                        return Poll::Ready(Err(Guarded::timed_out(HEAD)));
+                    }
+                    _ => {}
+                }
+            }
+            return Poll::Ready(read);
+        }
+        // Nothing to read: make sure we are woken when the current phase runs out.
+        let Some(deadline) = this.deadline() else {
+            return Poll::Pending;
+        };
+        if this.armed_for != Some(deadline) {
+            this.timer.as_mut().reset(deadline);
+            this.armed_for = Some(deadline);
+        }
+        ready!(this.timer.as_mut().poll(cx));
+        Poll::Ready(Err(Guarded::timed_out(this.clock.phase())))
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The router as one connection's hyper service: adds `ConnectInfo`, runs the request
+/// deadline, and moves the connection's clock between phases.
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+    clock: Arc<ConnClock>,
+    request_timeout: Duration,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        self.clock.enter(BUSY);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let handled = self.router.clone().oneshot(request);
+        let clock = self.clock.clone();
+        let deadline = self.request_timeout;
+        Box::pin(async move {
+            let response = match tokio::time::timeout(deadline, handled).await {
+                Ok(Ok(response)) => response,
+                Err(_elapsed) => request_timed_out(),
+            };
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                clock.enter(UPGRADED);
+            } else {
+                clock.enter(IDLE);
+                // hyper polls the socket again only when it has a reason to; make sure it
+                // does once the answer is out, so `Guarded` arms the idle timer.
+                std::future::poll_fn(|cx| {
+                    cx.waker().wake_by_ref();
+                    Poll::Ready(())
+                })
+                .await;
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// 408 and close: the rest of a stalled body is not worth waiting for.
+fn request_timed_out() -> Response<Body> {
+    let mut response = Response::new(Body::from("request timeout\n"));
+    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_grows_to_a_second_and_resets() {
+        let mut b = AcceptBackoff::default();
+        let pauses: Vec<u64> = (0..10).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn limits_default_to_the_documented_values() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            limits: ServerLimits,
+        }
+        let parsed = Cli::try_parse_from(["x"]).unwrap().limits;
+        assert_eq!(parsed, ServerLimits::default());
+    }
+}
