@@ -84,21 +84,30 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The client's address: the TCP peer, unless the peer is a trusted proxy, in which case
 /// `X-Forwarded-For` is read from the right, skipping trusted proxies; the first untrusted
-/// hop is the client. A malformed header from a trusted proxy falls back to the peer.
-pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+/// hop is the client. `forwarded_for` is every line of the header in the order received
+/// (`None` for a line that is not text): a proxy may append its own line rather than extend
+/// the client's, so reading only the first line would believe whatever the client wrote.
+/// A malformed header from a trusted proxy falls back to the peer.
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    forwarded_for: impl IntoIterator<Item = Option<&'a str>>,
+    trusted: &[IpNet],
+) -> IpAddr {
     let peer = canonical(peer);
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let Some(header) = forwarded_for else {
-        return peer;
-    };
     let mut hops = Vec::new();
-    for part in header.split(',').map(str::trim) {
-        match part.parse::<IpAddr>() {
-            Ok(ip) => hops.push(canonical(ip)),
-            Err(_) => return peer,
+    for line in forwarded_for {
+        let Some(line) = line else {
+            return peer;
+        };
+        for part in line.split(',').map(str::trim) {
+            match part.parse::<IpAddr>() {
+                Ok(ip) => hops.push(canonical(ip)),
+                Err(_) => return peer,
+            }
         }
     }
     hops.into_iter()
@@ -139,22 +148,43 @@ mod tests {
         let trusted = parse_cidr_list("10.0.0.0/8").unwrap().0;
         // Untrusted peer: header ignored (anyone can write it).
         assert_eq!(
-            client_ip(ip("203.0.113.9"), Some("185.30.20.1"), &trusted),
+            client_ip(ip("203.0.113.9"), [Some("185.30.20.1")], &trusted),
             ip("203.0.113.9")
         );
         // Trusted proxy: rightmost untrusted hop is the client; a spoofed left part is ignored.
         assert_eq!(
             client_ip(
                 ip("10.0.0.2"),
-                Some("1.2.3.4, 185.30.20.1, 10.0.0.3"),
+                [Some("1.2.3.4, 185.30.20.1, 10.0.0.3")],
                 &trusted
             ),
             ip("185.30.20.1")
         );
         assert_eq!(
-            client_ip(ip("10.0.0.2"), Some("garbage"), &trusted),
+            client_ip(ip("10.0.0.2"), [Some("garbage")], &trusted),
             ip("10.0.0.2")
         );
-        assert_eq!(client_ip(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));
+        assert_eq!(client_ip(ip("10.0.0.2"), [], &trusted), ip("10.0.0.2"));
+        assert_eq!(client_ip(ip("10.0.0.2"), [None], &trusted), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn reads_every_forwarded_for_line_in_order() {
+        let trusted = parse_cidr_list("10.0.0.0/8").unwrap().0;
+        // The client wrote an allowed address; the proxy added the real one as a 2nd line.
+        let spoofed = [Some("185.30.20.1"), Some("203.0.113.9, 10.0.0.3")];
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), spoofed, &trusted),
+            ip("203.0.113.9")
+        );
+        let other_order = [Some("203.0.113.9"), Some("185.30.20.1")];
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), other_order, &trusted),
+            ip("185.30.20.1")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), [Some("185.30.20.1"), Some("bad")], &trusted),
+            ip("10.0.0.2")
+        );
     }
 }

@@ -35,11 +35,9 @@ pub async fn verify(
 ) -> Result<VerifiedWebhook, ApiError> {
     let (parts, body) = request.into_parts();
     if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let client = allowlist::client_ip(peer.ip(), forwarded, &app.trusted_proxies);
+        let forwarded = parts.headers.get_all("x-forwarded-for");
+        let lines = forwarded.iter().map(|v| v.to_str().ok());
+        let client = allowlist::client_ip(peer.ip(), lines, &app.trusted_proxies);
         if !app.allowlist.allows(client) {
             return Err(ApiError::ForbiddenIp(client));
         }

@@ -349,6 +349,27 @@ async fn enforces_the_ip_allowlist_behind_trusted_proxies() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
 
+/// A proxy that adds its own `X-Forwarded-For` line keeps the client's line too: the
+/// client's claim comes first, the proxy's observation last. Both lines count, in order.
+#[tokio::test]
+async fn reads_every_forwarded_for_line_so_a_second_line_cannot_bypass_the_allowlist() {
+    let s = setup(&["--ip-allowlist", "xsolla", "--trusted-proxies", "127.0.0.1"]).await;
+    let body = fixtures::load("order_canceled_separate");
+    let send = |lines: [&'static str; 2]| {
+        s.http
+            .post(s.ingress.url("/webhooks/xsolla"))
+            .header("authorization", authorization(&body, SECRET))
+            .header("x-forwarded-for", lines[0])
+            .header("x-forwarded-for", lines[1])
+            .body(body.clone())
+            .send()
+    };
+    let spoofed = send(["185.30.21.17", "203.0.113.5"]).await.unwrap();
+    assert_eq!(error_code(spoofed).await, (403, "INVALID_CLIENT_IP".into()));
+    let genuine = send(["203.0.113.5", "185.30.21.17"]).await.unwrap();
+    assert_eq!(genuine.status(), StatusCode::NO_CONTENT);
+}
+
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let s = setup(&["--ip-allowlist", "xsolla"]).await;
