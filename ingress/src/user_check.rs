@@ -56,6 +56,15 @@ pub fn validate_template(template: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `user_id` can be put into the template as a path segment of its own. `.` and
+/// `..` cannot: URL parsers resolve them as dot segments (and `%2E`, `.%2e`, … too, per the
+/// WHATWG URL standard), so `/users/..` would ask the API's root, whose 2xx would read as
+/// "exists"; an empty id would ask the collection `/users/`. No game names a player so;
+/// they are answered as unknown users without asking.
+fn is_lookup_safe(user_id: &str) -> bool {
+    !matches!(user_id, "" | "." | "..")
+}
+
 impl UserCheck {
     pub fn new(template: String, token: Option<String>, timeout: Duration) -> UserCheck {
         let client = reqwest::Client::builder()
@@ -72,6 +81,9 @@ impl UserCheck {
 
     /// Looks `user_id` up; 2xx = exists, 404 = unknown, anything else is an error.
     pub async fn lookup(&self, user_id: &str, traceparent: &str) -> Result<Lookup, UserCheckError> {
+        if !is_lookup_safe(user_id) {
+            return Ok(Lookup::Unknown);
+        }
         let url = self.template.replace(
             "{user_id}",
             &utf8_percent_encode(user_id, USER_ID).to_string(),
@@ -115,6 +127,16 @@ mod tests {
         );
         assert!(validate_template("ftp://game/{user_id}").is_err());
         assert!(validate_template("not a url {user_id}").is_err());
+    }
+
+    #[test]
+    fn dot_segments_and_empty_ids_are_never_looked_up() {
+        for id in ["", ".", ".."] {
+            assert!(!is_lookup_safe(id), "{id:?}");
+        }
+        for id in ["...", ".a", "a.", "a..b", "%2e"] {
+            assert!(is_lookup_safe(id), "{id:?}");
+        }
     }
 
     #[test]

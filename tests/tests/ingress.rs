@@ -386,24 +386,29 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     assert_eq!(error_code(r).await, (403, "INVALID_CLIENT_IP".into()));
 }
 
-/// A real HTTP user API: user `1234567` exists, `down` answers 500, `slow` never in time.
+/// A real HTTP user API: user `1234567` exists, `down` answers 500, `slow` never in time;
+/// its root and its collection answer 200, as many APIs do.
 async fn user_api() -> String {
-    let app = Router::new().route(
-        "/users/{id}",
-        get(|Path(id): Path<String>| async move {
-            match id.as_str() {
-                "1234567" => {
-                    (StatusCode::OK, r#"{"user":{"id":"1234567","name":"John"}}"#).into_response()
+    let listing = || async { (StatusCode::OK, r#"{"users":[]}"#) };
+    let app = Router::new()
+        .route("/", get(listing))
+        .route("/users", get(listing))
+        .route("/users/", get(listing))
+        .route(
+            "/users/{id}",
+            get(|Path(id): Path<String>| async move {
+                match id.as_str() {
+                    "1234567" => (StatusCode::OK, r#"{"user":{"id":"1234567","name":"John"}}"#)
+                        .into_response(),
+                    "down" => (StatusCode::INTERNAL_SERVER_ERROR, "").into_response(),
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        StatusCode::OK.into_response()
+                    }
+                    _ => (StatusCode::NOT_FOUND, "").into_response(),
                 }
-                "down" => (StatusCode::INTERNAL_SERVER_ERROR, "").into_response(),
-                "slow" => {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    StatusCode::OK.into_response()
-                }
-                _ => (StatusCode::NOT_FOUND, "").into_response(),
-            }
-        }),
-    );
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "http://{}/users/{{user_id}}",
@@ -433,6 +438,15 @@ async fn validates_users_through_the_game_api() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = s.post_signed(&validation(json!("nobody"))).await;
     assert_eq!(error_code(r).await, (400, "INVALID_USER".into()));
+    // Dot segments would climb out of `/users/{user_id}` to routes that answer 200.
+    for escape in [".", ".."] {
+        let r = s.post_signed(&validation(json!(escape))).await;
+        assert_eq!(
+            error_code(r).await,
+            (400, "INVALID_USER".into()),
+            "user id {escape:?}"
+        );
+    }
     for broken in ["down", "slow"] {
         let r = s.post_signed(&validation(json!(broken))).await;
         assert!(r.headers().contains_key("retry-after"), "{broken}");
