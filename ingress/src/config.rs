@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use secrecy::{ExposeSecret as _, SecretString};
 use shared::config::{BrokerArgs, parse_duration};
 
 use crate::{
@@ -34,9 +35,10 @@ pub struct IngressArgs {
         long,
         env = "XSOLLA_WEBHOOK_SECRET",
         hide_env_values = true,
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_secret
     )]
-    pub webhook_secret: Vec<String>,
+    pub webhook_secret: Vec<SecretString>,
 
     /// JSON file of per-project secrets for `POST /webhooks/xsolla/{project_id}`:
     /// `{"18404": ["new-key", "old-key"], "18405": ["key"]}`.
@@ -49,8 +51,8 @@ pub struct IngressArgs {
     pub user_check_url: Option<String>,
 
     /// Bearer token sent to USER_CHECK_URL, if the game's API needs one.
-    #[arg(long, env = "USER_CHECK_TOKEN", hide_env_values = true)]
-    pub user_check_token: Option<String>,
+    #[arg(long, env = "USER_CHECK_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub user_check_token: Option<SecretString>,
 
     /// Deadline for one user lookup; past it the answer is 503 and Xsolla may ask again.
     #[arg(long, env = "USER_CHECK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
@@ -93,12 +95,11 @@ impl IngressArgs {
     /// Checks what clap cannot: that some secret exists and that URLs are usable.
     pub fn validate(&self) -> Result<(), String> {
         self.broker.validate()?;
-        if self.webhook_secret.iter().all(|s| s.trim().is_empty()) && self.projects_file.is_none() {
+        let blank = |s: &SecretString| s.expose_secret().trim().is_empty();
+        if self.webhook_secret.iter().all(blank) && self.projects_file.is_none() {
             return Err("XSOLLA_WEBHOOK_SECRET (--webhook-secret) or XSOLLA_PROJECTS_FILE (--projects-file) must be set".into());
         }
-        if self.webhook_secret.iter().any(|s| s.trim().is_empty())
-            && !self.webhook_secret.is_empty()
-        {
+        if self.webhook_secret.iter().any(blank) && !self.webhook_secret.is_empty() {
             return Err("XSOLLA_WEBHOOK_SECRET (--webhook-secret) contains an empty secret".into());
         }
         if let Some(url) = &self.user_check_url {
@@ -111,4 +112,9 @@ impl IngressArgs {
         crate::secrets::Secrets::load(&self.webhook_secret, self.projects_file.as_deref())?;
         Ok(())
     }
+}
+
+/// Wraps a secret option's value as soon as clap has it, so it is never a plain `String`.
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s))
 }

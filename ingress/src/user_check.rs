@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::Value;
 
 /// Characters left as they are in a user id put into the URL (RFC 3986 unreserved).
@@ -37,7 +38,7 @@ pub enum UserCheckError {
 #[derive(Debug, Clone)]
 pub struct UserCheck {
     template: String,
-    token: Option<String>,
+    token: Option<SecretString>,
     timeout: Duration,
     client: reqwest::Client,
 }
@@ -66,7 +67,7 @@ fn is_lookup_safe(user_id: &str) -> bool {
 }
 
 impl UserCheck {
-    pub fn new(template: String, token: Option<String>, timeout: Duration) -> UserCheck {
+    pub fn new(template: String, token: Option<SecretString>, timeout: Duration) -> UserCheck {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -90,7 +91,7 @@ impl UserCheck {
         );
         let mut request = self.client.get(url).header("traceparent", traceparent);
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            request = request.bearer_auth(token.expose_secret());
         }
         let response = request.send().await.map_err(|e| self.classify(e))?;
         let status = response.status();
