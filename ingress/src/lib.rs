@@ -6,6 +6,7 @@ pub mod allowlist;
 pub mod config;
 pub mod error;
 pub mod publisher;
+pub mod redact;
 pub mod routes;
 pub mod secrets;
 pub mod serve;

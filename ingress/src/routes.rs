@@ -15,7 +15,7 @@ use shared::envelope;
 
 use crate::{
     allowlist::IpAllowlist,
-    error::ApiError,
+    error::{self, ApiError},
     publisher::Publisher,
     secrets::Secrets,
     user_check::{Lookup, UserCheck},
@@ -98,18 +98,26 @@ fn finish(kind: &str, started: Instant, result: Result<Response, ApiError>) -> R
     metrics::counter!("ingress_requests_total", "type" => type_label(kind), "outcome" => outcome)
         .increment(1);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match &result {
-        Ok(_) => tracing::info!(
-            status = status.as_u16(),
-            outcome,
-            elapsed_ms,
-            "webhook answered"
-        ),
+    match result {
+        Ok(response) => {
+            tracing::info!(
+                status = status.as_u16(),
+                outcome,
+                elapsed_ms,
+                "webhook answered"
+            );
+            response
+        }
+        Err(error) if error.is_server_error() => {
+            let request_id = error::new_request_id();
+            tracing::warn!(status = status.as_u16(), outcome, %request_id, %error, elapsed_ms, "webhook not accepted; Xsolla will re-send");
+            error.into_answer(&request_id)
+        }
         Err(error) => {
-            tracing::warn!(status = status.as_u16(), outcome, %error, elapsed_ms, "webhook refused")
+            tracing::warn!(status = status.as_u16(), outcome, %error, elapsed_ms, "webhook refused");
+            error.into_answer("-")
         }
     }
-    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Keeps the metrics label set bounded: Xsolla's documented types, else `other`.

@@ -23,21 +23,24 @@ pub enum Lookup {
     Unknown,
 }
 
-/// Why the game could not answer: the webhook gets 503 and Xsolla may ask again.
+/// Why the game could not answer: the webhook gets 503 and Xsolla may ask again. Messages
+/// name the API by its redacted template (see [`crate::redact`]), never the URL asked.
 #[derive(Debug, thiserror::Error)]
 pub enum UserCheckError {
-    #[error("user API did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("user API answered {0}")]
-    Status(u16),
-    #[error("user API unreachable: {0}")]
-    Unreachable(String),
+    #[error("user API {api} did not answer within {timeout:?}")]
+    Timeout { api: String, timeout: Duration },
+    #[error("user API {api} answered {status}")]
+    Status { api: String, status: u16 },
+    #[error("user API {api} unreachable: {reason}")]
+    Unreachable { api: String, reason: String },
 }
 
 /// Client for `USER_CHECK_URL`.
 #[derive(Debug, Clone)]
 pub struct UserCheck {
     template: String,
+    /// The template as it may be logged.
+    shown: String,
     token: Option<SecretString>,
     timeout: Duration,
     client: reqwest::Client,
@@ -45,14 +48,14 @@ pub struct UserCheck {
 
 /// Checks that a template is an http(s) URL with a `{user_id}` placeholder.
 pub fn validate_template(template: &str) -> Result<(), String> {
+    let shown = crate::redact::url(template);
     if !template.contains("{user_id}") {
-        return Err(format!("`{template}` has no {{user_id}} placeholder"));
+        return Err(format!("`{shown}` has no {{user_id}} placeholder"));
     }
     let sample = template.replace("{user_id}", "x");
-    let url =
-        reqwest::Url::parse(&sample).map_err(|e| format!("`{template}` is not a URL: {e}"))?;
+    let url = reqwest::Url::parse(&sample).map_err(|e| format!("`{shown}` is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("`{template}` must be http:// or https://"));
+        return Err(format!("`{shown}` must be http:// or https://"));
     }
     Ok(())
 }
@@ -73,6 +76,7 @@ impl UserCheck {
             .build()
             .expect("a client with only a timeout set builds");
         UserCheck {
+            shown: crate::redact::url(&template),
             template,
             token,
             timeout,
@@ -102,15 +106,31 @@ impl UserCheck {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(Lookup::Unknown);
         }
-        Err(UserCheckError::Status(status.as_u16()))
+        Err(UserCheckError::Status {
+            api: self.shown.clone(),
+            status: status.as_u16(),
+        })
     }
 
     fn classify(&self, e: reqwest::Error) -> UserCheckError {
+        let api = self.shown.clone();
         if e.is_timeout() {
-            UserCheckError::Timeout(self.timeout)
-        } else {
-            UserCheckError::Unreachable(e.to_string())
+            return UserCheckError::Timeout {
+                api,
+                timeout: self.timeout,
+            };
         }
+        // reqwest's message names the URL asked, query string and all: leave it out, keep
+        // the causes (they name no URL).
+        let e = e.without_url();
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            reason.push_str(": ");
+            reason.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        UserCheckError::Unreachable { api, reason }
     }
 }
 
