@@ -40,6 +40,11 @@ pub struct IngressArgs {
     )]
     pub webhook_secret: Vec<SecretString>,
 
+    /// The Xsolla project of `POST /webhooks/xsolla`, for webhooks that do not name theirs
+    /// (separate-mode `order_paid` has no `settings`): published as header `x-project-id`.
+    #[arg(long, env = "XSOLLA_PROJECT_ID")]
+    pub project_id: Option<u64>,
+
     /// JSON file of per-project secrets for `POST /webhooks/xsolla/{project_id}`:
     /// `{"18404": ["new-key", "old-key"], "18405": ["key"]}`.
     #[arg(long, env = "XSOLLA_PROJECTS_FILE")]

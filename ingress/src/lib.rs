@@ -72,6 +72,7 @@ pub async fn run(
         user_search: args.user_search,
         publisher,
         retry_after: args.retry_after_secs,
+        default_project: args.project_id,
     });
     tracing::info!(
         listen = %listener.local_addr()?,

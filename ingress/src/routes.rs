@@ -32,6 +32,8 @@ pub struct App {
     pub user_search: bool,
     pub publisher: Publisher,
     pub retry_after: u32,
+    /// `XSOLLA_PROJECT_ID`: the project when neither the route nor the body names one.
+    pub default_project: Option<u64>,
 }
 
 /// `POST /webhooks/xsolla` and `POST /webhooks/xsolla/{project_id}`.
@@ -161,7 +163,12 @@ async fn publish(app: &App, webhook: &VerifiedWebhook) -> Result<(), ApiError> {
         message_id: &webhook.summary.dedup_id,
         signature: &webhook.signature,
         traceparent: &webhook.traceparent,
-        project_id: webhook.project_id,
+        // The route's project (its secrets verified the webhook), else the body's, else the
+        // configured one; order-status reads it to tell projects' orders apart.
+        project_id: webhook
+            .project_id
+            .or(webhook.summary.project_id)
+            .or(app.default_project),
     });
     app.publisher
         .publish(kind, &webhook.body, properties)

@@ -149,6 +149,50 @@ async fn publishes_order_paid_byte_for_byte_with_documented_properties() {
     );
 }
 
+/// `x-project-id`: the route's project, else the body's, else `XSOLLA_PROJECT_ID`.
+#[tokio::test]
+async fn publishes_the_project_of_the_route_the_body_or_the_configured_default() {
+    let dir = std::env::temp_dir().join(format!("xb-ingress-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let projects = dir.join("projects.json");
+    std::fs::write(&projects, r#"{"18404": ["p"]}"#).unwrap();
+    let s = setup(&[
+        "--project-id",
+        "42",
+        "--projects-file",
+        projects.to_str().unwrap(),
+    ])
+    .await;
+    let project_of_next_message = || async {
+        let (_, props) = s.take(WORK_QUEUE).await.expect("published");
+        props.headers().clone().unwrap().get_int(header::PROJECT_ID)
+    };
+    // Separate mode names no project: the configured one.
+    let separate = fixtures::load("order_paid_separate");
+    assert_eq!(
+        s.post_signed(&separate).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(project_of_next_message().await, Some(42));
+    // Combined mode names 18404 in `settings`: the body's, on either route.
+    let combined = fixtures::load("order_paid_combined");
+    assert_eq!(
+        s.post_signed(&combined).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(project_of_next_message().await, Some(18404));
+    let r = s
+        .post(
+            "/webhooks/xsolla/18404",
+            &separate,
+            Some(&authorization(&separate, "p")),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(project_of_next_message().await, Some(18404));
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[tokio::test]
 async fn accepts_every_xsolla_example_payload() {
     let s = setup(&[]).await;
