@@ -68,6 +68,18 @@ pub fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
         .map(CidrList)
 }
 
+/// `TRUSTED_PROXIES`: a CIDR list without a catch-all. Trusting `0.0.0.0/0` or `::/0` would
+/// believe every client's `X-Forwarded-For`, so anyone could claim an allowed address.
+pub fn parse_trusted_proxies(s: &str) -> Result<CidrList, String> {
+    let list = parse_cidr_list(s)?;
+    if let Some(all) = list.0.iter().find(|n| n.prefix_len() == 0) {
+        return Err(format!(
+            "`{all}` trusts every address: any client could forge its IP in X-Forwarded-For; list only your proxies"
+        ));
+    }
+    Ok(list)
+}
+
 fn parse_net(item: &str) -> Result<IpNet, String> {
     item.parse::<IpNet>()
         .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
@@ -141,6 +153,19 @@ mod tests {
         assert!(err.contains("10.0.0.0/33"), "{err}");
         assert!(parse_cidr_list("").unwrap().0.is_empty());
         assert_eq!(parse_cidr_list("10.0.0.1, 10.1.0.0/16").unwrap().0.len(), 2);
+    }
+
+    #[test]
+    fn refuses_to_trust_every_address() {
+        for all in ["0.0.0.0/0", "10.0.0.1, ::/0"] {
+            assert!(
+                parse_trusted_proxies(all)
+                    .unwrap_err()
+                    .contains("trusts every address")
+            );
+        }
+        assert_eq!(parse_trusted_proxies("10.0.0.0/8").unwrap().0.len(), 1);
+        assert!(parse_trusted_proxies("").unwrap().0.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use shared::config::{BrokerArgs, parse_duration};
 
 use crate::{
-    allowlist::{IpAllowlist, parse_allowlist, parse_cidr_list},
+    allowlist::{IpAllowlist, parse_allowlist, parse_trusted_proxies},
     serve::ServerLimits,
 };
 
@@ -72,7 +72,7 @@ pub struct IngressArgs {
     pub ip_allowlist: IpAllowlist,
 
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed. Empty: the TCP peer is the client.
-    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_cidr_list)]
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_trusted_proxies)]
     pub trusted_proxies: CidrList,
 
     /// Largest accepted body; larger ones get 413 and are never truncated.

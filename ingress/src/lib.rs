@@ -5,6 +5,7 @@
 pub mod allowlist;
 pub mod config;
 pub mod error;
+pub mod log_limit;
 pub mod publisher;
 pub mod redact;
 pub mod routes;
@@ -16,7 +17,7 @@ pub mod verify;
 use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{Parser as _, error::ErrorKind};
 use shared::{amqp, ops, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +74,7 @@ pub async fn run(
         publisher,
         retry_after: args.retry_after_secs,
         default_project: args.project_id,
+        unconfigured_route_log: log_limit::LogLimit::new(std::time::Duration::from_secs(60)),
     });
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -98,7 +100,10 @@ pub async fn run(
 
 /// The binary: parse options, set up telemetry, bind, serve until SIGTERM or ctrl-c.
 pub async fn run_main() -> ExitCode {
-    let args = IngressArgs::parse();
+    let args = match IngressArgs::try_parse() {
+        Ok(args) => args,
+        Err(e) => return refuse_options(e),
+    };
     telemetry::init_tracing(args.broker.log_format);
     if let Err(e) = args.validate() {
         eprintln!("ingress: bad configuration: {e}");
@@ -121,4 +126,22 @@ pub async fn run_main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--help` and `--version` as clap prints them; any other clap error as the one line the
+/// README promises (clap's own takes three: the error, the usage, a tip), exit 2.
+fn refuse_options(e: clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid options");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("ingress: bad configuration: {first}");
+    ExitCode::from(2)
 }

@@ -16,6 +16,7 @@ use shared::envelope;
 use crate::{
     allowlist::IpAllowlist,
     error::{self, ApiError},
+    log_limit::LogLimit,
     publisher::Publisher,
     secrets::Secrets,
     user_check::{Lookup, UserCheck},
@@ -34,6 +35,8 @@ pub struct App {
     pub retry_after: u32,
     /// `XSOLLA_PROJECT_ID`: the project when neither the route nor the body names one.
     pub default_project: Option<u64>,
+    /// Limits the WARN about webhooks to routes without secrets (any client can cause it).
+    pub unconfigured_route_log: LogLimit<Option<u64>>,
 }
 
 /// `POST /webhooks/xsolla` and `POST /webhooks/xsolla/{project_id}`.

@@ -49,10 +49,17 @@ pub async fn verify(
         .map(|v| v.to_str().unwrap_or(""));
     let secrets = app.secrets.for_project(project_id);
     if secrets.is_empty() {
-        tracing::error!(
-            ?project_id,
-            "no secret configured for this route; every webhook to it is refused"
-        );
+        // Anyone can post to any project's route: WARN, and once a minute per project.
+        if let Some(suppressed) = app
+            .unconfigured_route_log
+            .check(&project_id, std::time::Instant::now())
+        {
+            tracing::warn!(
+                ?project_id,
+                suppressed,
+                "webhook to a route with no secret configured; every webhook to it is refused (suppressed: how many since the last such line)"
+            );
+        }
     }
     signature::verify(header, &body, secrets)?;
     let summary =

@@ -731,6 +731,14 @@ async fn bad_configuration_stops_start_up_naming_the_option() {
             "XSOLLA_PROJECTS_FILE",
         ),
         (&[("INGRESS_LISTEN", "not-an-address")], "--listen"),
+        (&[("TRUSTED_PROXIES", "0.0.0.0/0")], "--trusted-proxies"),
+        (
+            &[("TRUSTED_PROXIES", "10.0.0.0/8,::/0")],
+            "trusts every address",
+        ),
+        (&[("HEADER_READ_TIMEOUT", "soon")], "--header-read-timeout"),
+        (&[("MAX_CONNECTIONS", "0")], "--max-connections"),
+        (&[("XSOLLA_PROJECT_ID", "-1")], "--project-id"),
     ];
     for (env, expected) in cases {
         let mut command = tokio::process::Command::new(&binary);
@@ -747,14 +755,24 @@ async fn bad_configuration_stops_start_up_naming_the_option() {
             .expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
-        let first = stderr
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_default();
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{env:?}: one line, got {stderr}");
         assert!(
-            first.contains(expected),
-            "{env:?}: first line {first:?} should name {expected}"
+            lines[0].starts_with("ingress: ") && lines[0].contains(expected),
+            "{env:?}: {:?} should name {expected}",
+            lines[0]
         );
         assert!(!stderr.contains("hunter2"), "a password leaked: {stderr}");
     }
+    // An unknown flag too: one line, exit 2.
+    let output = tokio::process::Command::new(&binary)
+        .env_clear()
+        .arg("--no-such-option")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--no-such-option"), "{stderr}");
 }

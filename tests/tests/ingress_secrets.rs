@@ -143,3 +143,43 @@ async fn a_bad_projects_file_is_named_without_echoing_its_secrets() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Anyone can post to `/webhooks/xsolla/<any number>`: that must not page anyone. One WARN
+/// line per project per minute, never ERROR.
+#[tokio::test]
+async fn webhooks_to_unconfigured_projects_log_one_warn_line_per_project() {
+    let vhost = TestVhost::create().await.unwrap();
+    let ingress = IngressProcess::spawn(&[
+        ("AMQP_URL", &vhost.amqp_url()),
+        ("XSOLLA_WEBHOOK_SECRET", HOOK_SECRET),
+    ])
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    for project in [999, 999, 999, 999, 999, 1000, 1000] {
+        let r = http
+            .post(ingress.url(&format!("/webhooks/xsolla/{project}")))
+            .body(r#"{"notification_type":"payment"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    tests::wait::until(Duration::from_secs(5), "the WARN lines", || async {
+        ingress.logs().matches("no secret configured").count() >= 2
+    })
+    .await
+    .unwrap();
+    let logs = ingress.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("no secret configured"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{logs}");
+    assert!(lines.iter().all(|l| l.contains("WARN")), "{logs}");
+    assert!(
+        lines[0].contains("999") && lines[1].contains("1000"),
+        "{logs}"
+    );
+    assert!(!logs.contains("ERROR"), "{logs}");
+}
