@@ -418,6 +418,81 @@ mod tests {
         assert_eq!(b.next(), Duration::from_millis(10));
     }
 
+    /// For `order-status`: once a connection is upgraded (101), none of the limits apply,
+    /// however long it stays quiet; plain requests on the same server still get them.
+    #[tokio::test]
+    async fn an_upgraded_connection_outlives_every_timeout() {
+        use axum::{extract::Request, routing::get};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        async fn echo(mut request: Request) -> Response<Body> {
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let mut io = TokioIo::new(upgrade.await.expect("upgraded"));
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = io.read(&mut buf).await {
+                    if io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert("upgrade", HeaderValue::from_static("echo"));
+            response
+        }
+
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_millis(200),
+            request_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(200),
+            max_connections: 4,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let router = Router::new().route("/echo", get(echo));
+        let server = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { serve(listener, router, &limits, shutdown).await }
+        });
+
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(
+                b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                client.read(&mut byte).await.unwrap(),
+                1,
+                "closed before 101"
+            );
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        for _ in 0..2 {
+            // Quiet for longer than every timeout, then still echoing.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            client.write_all(b"ping").await.unwrap();
+            let mut echoed = [0u8; 4];
+            client.read_exact(&mut echoed).await.unwrap();
+            assert_eq!(&echoed, b"ping");
+        }
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
     #[test]
     fn limits_default_to_the_documented_values() {
         use clap::Parser as _;
