@@ -62,8 +62,9 @@ pub struct ServerLimits {
 
     /// Most connections open at once. At the cap the server stops accepting: further
     /// clients wait in the kernel's listen backlog until a connection closes (the timeouts
-    /// above make sure one does). Keep it below the process's file-descriptor limit.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    /// above make sure one does). Keep it below the file-descriptor limit (`ulimit -n`);
+    /// stalled uploads can hold up to this many request bodies in memory.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_connections: u32,
 }
 
@@ -73,7 +74,7 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
-            max_connections: 4096,
+            max_connections: 512,
         }
     }
 }
@@ -91,6 +92,7 @@ pub async fn serve(
     limits: &ServerLimits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    warn_if_over_fd_limit(limits.max_connections);
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -181,6 +183,38 @@ async fn serve_connection(
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Descriptors kept for everything but client connections: the broker, outgoing HTTP
+/// (user API), the listener, the runtime.
+const RESERVED_FDS: u64 = 64;
+
+/// At the cap, every connection is a descriptor; past the process's limit, accept (and
+/// everything else that opens one: broker reconnects, user lookups) fails with EMFILE.
+fn warn_if_over_fd_limit(max_connections: u32) {
+    let Some(limit) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| soft_fd_limit(&limits))
+    else {
+        return;
+    };
+    if u64::from(max_connections) + RESERVED_FDS > limit {
+        tracing::warn!(
+            max_connections,
+            fd_limit = limit,
+            "MAX_CONNECTIONS is above what the open-files limit leaves ({RESERVED_FDS} kept for the rest): raise `ulimit -n` or lower MAX_CONNECTIONS"
+        );
+    }
+}
+
+/// The soft "Max open files" of a `/proc/<pid>/limits` text; `None` if unlimited or absent.
+fn soft_fd_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Errors about one connection that the peer caused; the listener is fine.
@@ -408,6 +442,18 @@ fn request_timed_out() -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_soft_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max processes             95083                95083                processes\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(soft_fd_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(soft_fd_limit(unlimited), None);
+        assert_eq!(soft_fd_limit(""), None);
+    }
 
     #[test]
     fn accept_backoff_grows_to_a_second_and_resets() {

@@ -336,6 +336,10 @@ async fn the_accept_loop_survives_running_out_of_file_descriptors() {
     let output = child.wait_with_output().await.unwrap();
     let logs = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        logs.contains("MAX_CONNECTIONS is above what the open-files limit leaves"),
+        "the start-up warning is missing:\n{logs}"
+    );
     let failures = logs.matches("accept failed").count();
     assert!(failures >= 1, "EMFILE was never hit:\n{logs}");
     assert!(failures < 100, "{failures} accept failures: spinning?");
