@@ -4,7 +4,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::CidrList;
+/// A parsed list of networks (clap needs a named type for a whole-value parser).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CidrList(pub Vec<IpNet>);
 
 /// Xsolla's webhook source ranges, from the official PHP SDK (`WebhookAuthenticator.php`,
 /// commit 4ac9b70, 2025-10-31); see `reference/xsolla-webhooks.md` §5.

@@ -7,7 +7,8 @@ use secrecy::{ExposeSecret as _, SecretString};
 use shared::config::{BrokerArgs, parse_duration};
 
 use crate::{
-    allowlist::{IpAllowlist, parse_allowlist, parse_trusted_proxies},
+    allowlist::{CidrList, IpAllowlist, parse_allowlist, parse_trusted_proxies},
+    secrets::Secrets,
     serve::ServerLimits,
 };
 
@@ -92,13 +93,18 @@ pub struct IngressArgs {
     pub shutdown_timeout: Duration,
 }
 
-/// A parsed list of networks (clap needs a named type for a whole-value parser).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CidrList(pub Vec<ipnet::IpNet>);
+/// The ingress's configuration once checked: what `run` serves with. Built once, by
+/// [`IngressArgs::check`], so the projects file is read once and nothing is checked twice.
+#[derive(Debug)]
+pub struct IngressConfig {
+    pub args: IngressArgs,
+    pub secrets: Secrets,
+}
 
 impl IngressArgs {
-    /// Checks what clap cannot: that some secret exists and that URLs are usable.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what clap cannot (that some secret exists, that URLs are usable) and loads
+    /// the secrets; the error is one line naming the option.
+    pub fn check(self) -> Result<IngressConfig, String> {
         self.broker.validate()?;
         let blank = |s: &SecretString| s.expose_secret().trim().is_empty();
         if self.webhook_secret.iter().all(blank) && self.projects_file.is_none() {
@@ -114,8 +120,11 @@ impl IngressArgs {
         if self.user_search && self.user_check_url.is_none() {
             return Err("USER_SEARCH_ENABLED (--user-search) needs USER_CHECK_URL".into());
         }
-        crate::secrets::Secrets::load(&self.webhook_secret, self.projects_file.as_deref())?;
-        Ok(())
+        let secrets = Secrets::load(&self.webhook_secret, self.projects_file.as_deref())?;
+        Ok(IngressConfig {
+            args: self,
+            secrets,
+        })
     }
 }
 

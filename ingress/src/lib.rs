@@ -22,7 +22,7 @@ use shared::{amqp, ops, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::IngressArgs;
+pub use config::{IngressArgs, IngressConfig};
 
 /// Serves on `listener` until `shutdown`, then finishes in-flight requests (within
 /// `SHUTDOWN_TIMEOUT`) and closes the broker connection.
@@ -31,9 +31,17 @@ pub async fn run(
     args: IngressArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    args.validate().map_err(anyhow::Error::msg)?;
-    let secrets = secrets::Secrets::load(&args.webhook_secret, args.projects_file.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let config = args.check().map_err(anyhow::Error::msg)?;
+    run_checked(listener, config, shutdown).await
+}
+
+/// [`run`] with the configuration already checked.
+pub async fn run_checked(
+    listener: TcpListener,
+    config: IngressConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let IngressConfig { args, secrets } = config;
     let user_check = args.user_check_url.clone().map(|template| {
         user_check::UserCheck::new(
             template,
@@ -64,24 +72,26 @@ pub async fn run(
         let shutdown = shutdown.clone();
         Arc::new(move || publisher.is_ready() && !shutdown.is_cancelled())
     };
-    let app = Arc::new(routes::App {
+    let verifier = verify::Verifier::new(
         secrets,
-        allowlist: args.ip_allowlist.clone(),
-        trusted_proxies: args.trusted_proxies.0.clone(),
-        max_body_bytes: args.max_body_bytes as usize,
+        args.ip_allowlist.clone(),
+        args.trusted_proxies.0.clone(),
+        args.max_body_bytes as usize,
+    );
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        projects = ?verifier.secrets.project_ids(),
+        allowlist = ?args.ip_allowlist,
+        "ingress listening"
+    );
+    let app = Arc::new(routes::App {
+        verifier,
         user_check,
         user_search: args.user_search,
         publisher,
         retry_after: args.retry_after_secs,
         default_project: args.project_id,
-        unconfigured_route_log: log_limit::LogLimit::new(std::time::Duration::from_secs(60)),
     });
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        projects = ?app.secrets.project_ids(),
-        allowlist = ?args.ip_allowlist,
-        "ingress listening"
-    );
     let router = routes::router(app).merge(ops::router(ready, metrics));
     let server = serve::serve(listener, router, &args.limits, shutdown.clone());
     let drain_deadline = async {
@@ -105,21 +115,22 @@ pub async fn run_main() -> ExitCode {
         Err(e) => return refuse_options(e),
     };
     telemetry::init_tracing(args.broker.log_format);
-    if let Err(e) = args.validate() {
-        eprintln!("ingress: bad configuration: {e}");
-        return ExitCode::from(2);
-    }
-    let listener = match TcpListener::bind(args.listen).await {
-        Ok(l) => l,
+    let listen = args.listen;
+    let config = match args.check() {
+        Ok(config) => config,
         Err(e) => {
-            eprintln!(
-                "ingress: INGRESS_LISTEN (--listen) {}: cannot bind: {e}",
-                args.listen
-            );
+            eprintln!("ingress: bad configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    match run(listener, args, telemetry::shutdown_signal()).await {
+    let listener = match TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ingress: INGRESS_LISTEN (--listen) {listen}: cannot bind: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run_checked(listener, config, telemetry::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ingress: {e:#}");

@@ -14,45 +14,38 @@ use serde_json::{Value, json};
 use shared::envelope;
 
 use crate::{
-    allowlist::IpAllowlist,
     error::{self, ApiError},
-    log_limit::LogLimit,
-    publisher::Publisher,
-    secrets::Secrets,
+    publisher::{Publish, Publisher},
     user_check::{Lookup, UserCheck},
-    verify::{VerifiedWebhook, verify},
+    verify::{VerifiedWebhook, Verifier},
 };
 
-/// Everything a request needs, shared by all requests.
-pub struct App {
-    pub secrets: Secrets,
-    pub allowlist: IpAllowlist,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    pub max_body_bytes: usize,
+/// Everything a request needs, shared by all requests. `P` is where verified webhooks
+/// go: the broker's [`Publisher`] in the product, a stand-in in the routes' own tests.
+pub struct App<P = Publisher> {
+    pub verifier: Verifier,
     pub user_check: Option<UserCheck>,
     pub user_search: bool,
-    pub publisher: Publisher,
+    pub publisher: P,
     pub retry_after: u32,
     /// `XSOLLA_PROJECT_ID`: the project when neither the route nor the body names one.
     pub default_project: Option<u64>,
-    /// Limits the WARN about webhooks to routes without secrets (any client can cause it).
-    pub unconfigured_route_log: LogLimit<Option<u64>>,
 }
 
 /// `POST /webhooks/xsolla` and `POST /webhooks/xsolla/{project_id}`.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router<P: Publish>(app: Arc<App<P>>) -> Router {
     Router::new()
-        .route("/webhooks/xsolla", post(single_project))
-        .route("/webhooks/xsolla/{project_id}", post(one_of_projects))
+        .route("/webhooks/xsolla", post(single_project::<P>))
+        .route("/webhooks/xsolla/{project_id}", post(one_of_projects::<P>))
         .with_state(app)
 }
 
-async fn single_project(State(app): State<Arc<App>>, request: Request) -> Response {
+async fn single_project<P: Publish>(State(app): State<Arc<App<P>>>, request: Request) -> Response {
     handle(&app, None, request).await
 }
 
-async fn one_of_projects(
-    State(app): State<Arc<App>>,
+async fn one_of_projects<P: Publish>(
+    State(app): State<Arc<App<P>>>,
     Path(project): Path<String>,
     request: Request,
 ) -> Response {
@@ -68,9 +61,9 @@ async fn one_of_projects(
     }
 }
 
-async fn handle(app: &App, project: Option<u64>, request: Request) -> Response {
+async fn handle<P: Publish>(app: &App<P>, project: Option<u64>, request: Request) -> Response {
     let started = Instant::now();
-    let webhook = match verify(app, project, request).await {
+    let webhook = match app.verifier.verify(project, request).await {
         Ok(webhook) => webhook,
         Err(e) => return finish("-", started, Err(e)),
     };
@@ -159,7 +152,7 @@ fn type_label(kind: &str) -> &'static str {
 }
 
 /// Publishes the raw body with the envelope headers; Ok only after the broker's confirm.
-async fn publish(app: &App, webhook: &VerifiedWebhook) -> Result<(), ApiError> {
+async fn publish<P: Publish>(app: &App<P>, webhook: &VerifiedWebhook) -> Result<(), ApiError> {
     let kind = &webhook.summary.notification_type;
     let properties = envelope::received_properties(&envelope::Received {
         notification_type: kind,
@@ -180,7 +173,7 @@ async fn publish(app: &App, webhook: &VerifiedWebhook) -> Result<(), ApiError> {
 }
 
 /// `user_validation`: 204 if the game knows the user, 400 `INVALID_USER` if not.
-async fn validate_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
+async fn validate_user<P>(app: &App<P>, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
     let Some(check) = &app.user_check else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -197,7 +190,7 @@ async fn validate_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response,
 }
 
 /// `user_search`: 200 `{"user": …}` from the game's answer, 400 `INVALID_USER` if unknown.
-async fn search_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
+async fn search_user<P>(app: &App<P>, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
     let check = app
         .user_check
         .as_ref()
@@ -222,7 +215,7 @@ async fn search_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response, A
     }
 }
 
-impl App {
+impl<P> App<P> {
     fn unavailable(&self, reason: String) -> ApiError {
         ApiError::Unavailable {
             reason,
@@ -230,3 +223,7 @@ impl App {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "answer_table_tests.rs"]
+mod answer_table_tests;
