@@ -154,6 +154,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let clock = Arc::new(ConnClock::new());
+    let open = OpenConnection::count();
     let io = Guarded {
         inner: stream,
         clock: clock.clone(),
@@ -162,6 +163,7 @@ async fn serve_connection(
         timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
         armed_for: None,
         _slot: slot,
+        _open: open,
     };
     let service = ConnService {
         router,
@@ -298,6 +300,24 @@ struct Guarded {
     timer: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
     _slot: OwnedSemaphorePermit,
+    _open: OpenConnection,
+}
+
+/// Counts itself in `http_connections_open` while it lives (with the socket, so an
+/// upgraded connection counts until it closes).
+struct OpenConnection;
+
+impl OpenConnection {
+    fn count() -> OpenConnection {
+        metrics::gauge!("http_connections_open").increment(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("http_connections_open").decrement(1.0);
+    }
 }
 
 impl Guarded {
@@ -312,11 +332,12 @@ impl Guarded {
     }
 
     fn timed_out(phase: u8) -> io::Error {
-        let what = if phase == IDLE {
-            "idle timeout"
+        let (what, label) = if phase == IDLE {
+            ("idle timeout", "idle")
         } else {
-            "header read timeout"
+            ("header read timeout", "header")
         };
+        metrics::counter!("http_connections_timed_out_total", "phase" => label).increment(1);
         io::Error::new(io::ErrorKind::TimedOut, what)
     }
 }
@@ -410,7 +431,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         Box::pin(async move {
             let response = match tokio::time::timeout(deadline, handled).await {
                 Ok(Ok(response)) => response,
-                Err(_elapsed) => request_timed_out(),
+                Err(_elapsed) => {
+                    metrics::counter!("http_connections_timed_out_total", "phase" => "request")
+                        .increment(1);
+                    request_timed_out()
+                }
             };
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 clock.enter(UPGRADED);
@@ -535,6 +560,46 @@ mod tests {
             client.read_exact(&mut echoed).await.unwrap();
             assert_eq!(&echoed, b"ping");
         }
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// The deadline covers the handler too, not only reading the body.
+    #[tokio::test]
+    async fn a_slow_handler_is_answered_408_at_the_request_deadline() {
+        use axum::routing::get;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let limits = ServerLimits {
+            request_timeout: Duration::from_millis(200),
+            ..ServerLimits::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let router = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "too late"
+            }),
+        );
+        let server = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { serve(listener, router, &limits, shutdown).await }
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut answer))
+            .await
+            .expect("answered and closed within the deadline")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }

@@ -143,6 +143,17 @@ async fn closes_a_slowloris_connection_within_the_header_timeout() {
         answer.is_empty() && after < Duration::from_millis(1500),
         "{answer} {after:?}"
     );
+    let metrics = reqwest::get(ingress.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("http_connections_timed_out_total{phase=\"header\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("http_connections_open"), "{metrics}");
 }
 
 #[tokio::test]
