@@ -7,6 +7,28 @@
 //! Shared by the binaries of this crate (`ingress`, and `order-status`, whose WebSocket
 //! upgrades are left alone once upgraded: the deadlines cover reading a request and running
 //! its handler, never an upgraded connection).
+//!
+//! ```no_run
+//! # async fn order_status(router: axum::Router) -> std::io::Result<()> {
+//! use clap::Parser as _;
+//! use ingress::serve::{ServerLimits, serve};
+//!
+//! #[derive(clap::Parser)]
+//! struct Args {
+//!     #[command(flatten)]
+//!     limits: ServerLimits, // HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS
+//! }
+//! let args = Args::parse();
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8081").await?;
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! serve(listener, router, &args.limits, shutdown).await
+//! # }
+//! ```
+//!
+//! What an upgraded (WebSocket) connection gets: it keeps its slot under `MAX_CONNECTIONS`
+//! (and counts in `http_connections_open`) until its socket closes; no timeout of ours
+//! applies to it, so its owner pings and drops dead peers; and `serve` no longer tracks it,
+//! so its owner closes it on shutdown.
 
 use std::{
     convert::Infallible,
