@@ -54,7 +54,9 @@ async fn server_errors_answer_a_fixed_message_and_log_the_detail_without_secrets
     for body in [validation, unroutable] {
         let r = post(body).await.unwrap();
         assert_eq!(r.status(), 503);
-        let answer: Value = r.json().await.unwrap();
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("S3CR3T"), "a secret in the answer: {text}");
+        let answer: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(answer["error"]["code"], "SERVER_ERROR");
         let message = answer["error"]["message"].as_str().unwrap();
         let id = message
@@ -62,6 +64,19 @@ async fn server_errors_answer_a_fixed_message_and_log_the_detail_without_secrets
             .and_then(|rest| rest.strip_suffix(')'))
             .unwrap_or_else(|| panic!("not the fixed message: {message}"));
         request_ids.push(id.to_owned());
+    }
+    // Refusals do not quote secrets either.
+    for auth in ["Signature S3CR3T", "S3CR3T-hook-secret"] {
+        let r = http
+            .post(ingress.url("/webhooks/xsolla"))
+            .header("authorization", auth)
+            .body(r#"{"notification_type":"payment"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("S3CR3T"), "{text}");
     }
     // The detail is logged at WARN with the same request id.
     tests::wait::until(Duration::from_secs(5), "both WARN lines", || async {
