@@ -442,37 +442,50 @@ struct ConnService {
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = Handled;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         self.clock.enter(BUSY);
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        let handled = self.router.clone().oneshot(request);
-        let clock = self.clock.clone();
-        let deadline = self.request_timeout;
-        Box::pin(async move {
-            let response = match tokio::time::timeout(deadline, handled).await {
-                Ok(Ok(response)) => response,
-                Err(_elapsed) => {
-                    metrics::counter!("http_connections_timed_out_total", "phase" => "request")
-                        .increment(1);
-                    request_timed_out()
-                }
-            };
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                clock.enter(UPGRADED);
-            } else {
-                clock.enter(IDLE);
-                // hyper polls the socket again only when it has a reason to; make sure it
-                // does once the answer is out, so `Guarded` arms the idle timer.
-                std::future::poll_fn(|cx| {
-                    cx.waker().wake_by_ref();
-                    Poll::Ready(())
-                })
-                .await;
+        Handled {
+            inner: tokio::time::timeout(self.request_timeout, self.router.clone().oneshot(request)),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One request's answer under the request deadline (a named future: no allocation
+    /// per request for boxing it).
+    struct Handled {
+        #[pin]
+        inner: tokio::time::Timeout<tower::util::Oneshot<Router, Request<Incoming>>>,
+        clock: Arc<ConnClock>,
+    }
+}
+
+impl Future for Handled {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match ready!(this.inner.poll(cx)) {
+            Ok(Ok(response)) => response,
+            Err(_elapsed) => {
+                metrics::counter!("http_connections_timed_out_total", "phase" => "request")
+                    .increment(1);
+                request_timed_out()
             }
-            Ok(response)
-        })
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            this.clock.enter(UPGRADED);
+        } else {
+            this.clock.enter(IDLE);
+            // hyper polls the socket again only when it has a reason to; make sure it does
+            // once the answer is out, so `Guarded` arms the idle timer.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
