@@ -120,6 +120,15 @@ impl IngressArgs {
         if self.user_search && self.user_check_url.is_none() {
             return Err("USER_SEARCH_ENABLED (--user-search) needs USER_CHECK_URL".into());
         }
+        // Past the request deadline the answer is 408 whatever the handler was doing; a
+        // broker or user API slower than their own deadlines must still get its 503.
+        let slowest = self.user_check_timeout.max(self.broker.publish_timeout);
+        if self.limits.request_timeout <= slowest {
+            return Err(format!(
+                "REQUEST_TIMEOUT (--request-timeout) {:?} must be longer than PUBLISH_TIMEOUT and USER_CHECK_TIMEOUT ({slowest:?})",
+                self.limits.request_timeout
+            ));
+        }
         let secrets = Secrets::load(&self.webhook_secret, self.projects_file.as_deref())?;
         Ok(IngressConfig {
             args: self,

@@ -739,6 +739,7 @@ async fn bad_configuration_stops_start_up_naming_the_option() {
         (&[("HEADER_READ_TIMEOUT", "soon")], "--header-read-timeout"),
         (&[("MAX_CONNECTIONS", "0")], "--max-connections"),
         (&[("XSOLLA_PROJECT_ID", "-1")], "--project-id"),
+        (&[("REQUEST_TIMEOUT", "5s")], "REQUEST_TIMEOUT"),
     ];
     for (env, expected) in cases {
         let mut command = tokio::process::Command::new(&binary);

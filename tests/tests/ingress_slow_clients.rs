@@ -166,6 +166,11 @@ async fn answers_408_and_closes_a_stalled_body_within_the_request_deadline() {
             "500ms",
             "--request-timeout",
             "800ms",
+            // The request deadline must outlast these (checked at start-up).
+            "--publish-timeout",
+            "500ms",
+            "--user-check-timeout",
+            "500ms",
         ],
     )
     .await;
