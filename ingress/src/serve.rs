@@ -120,7 +120,9 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     // Our own timers below replace hyper's header timeout: hyper's runs from the end of
     // one answer to the end of the next head, so it cannot tell idle from slow.
-    http.timer(TokioTimer::new()).header_read_timeout(None);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_header_size(MAX_HEAD_BYTES);
     let mut backoff = AcceptBackoff::default();
     loop {
         // Stop accepting at the cap rather than accept-and-close: the extra clients wait
@@ -208,6 +210,10 @@ async fn serve_connection(
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
+
+/// Largest request head (larger: 431). Without it hyper's read buffer (up to ~400 KiB)
+/// bounds a head, and every slow connection could hold that much.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Descriptors kept for everything but client connections: the broker, outgoing HTTP
 /// (user API), the listener, the runtime.
@@ -595,6 +601,34 @@ mod tests {
             client.read_exact(&mut echoed).await.unwrap();
             assert_eq!(&echoed, b"ping");
         }
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_head_over_64_kib_is_refused_with_431() {
+        use axum::routing::get;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let server = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { serve(listener, router, &ServerLimits::default(), shutdown).await }
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let big = "a".repeat(MAX_HEAD_BYTES + 1);
+        let head = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
+        let _ = client.write_all(head.as_bytes()).await; // it may close before the end
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut answer))
+            .await
+            .expect("answered")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }
