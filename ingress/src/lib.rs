@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod log_limit;
 pub mod publisher;
+mod read_timeouts;
 pub mod redact;
 pub mod routes;
 pub mod secrets;

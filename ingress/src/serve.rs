@@ -36,10 +36,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU8, AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -54,13 +51,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use shared::config::parse_duration;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::{Instant, Sleep},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
+
+use crate::read_timeouts::{BUSY, ConnClock, Guarded, IDLE, UPGRADED};
 
 /// Limits for one listener; `#[command(flatten)]` it into a binary's options.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -118,8 +115,8 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    // Our own timers below replace hyper's header timeout: hyper's runs from the end of
-    // one answer to the end of the next head, so it cannot tell idle from slow.
+    // `read_timeouts` replaces hyper's header timeout: hyper's runs from the end of one
+    // answer to the end of the next head, so it cannot tell idle from slow.
     http.timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_header_size(MAX_HEAD_BYTES);
@@ -178,17 +175,13 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let clock = Arc::new(ConnClock::new());
-    let open = OpenConnection::count();
-    let io = Guarded {
-        inner: stream,
-        clock: clock.clone(),
-        header_read_timeout: limits.header_read_timeout,
-        idle_timeout: limits.idle_timeout,
-        timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
-        armed_for: None,
-        _slot: slot,
-        _open: open,
-    };
+    let io = Guarded::new(
+        stream,
+        clock.clone(),
+        limits.header_read_timeout,
+        limits.idle_timeout,
+        (slot, OpenConnection::count()),
+    );
     let service = ConnService {
         router,
         peer,
@@ -276,61 +269,6 @@ impl AcceptBackoff {
     }
 }
 
-/// Where a connection is in its life, shared between its socket and its service.
-struct ConnClock {
-    /// One of `HEAD`, `BUSY`, `IDLE`, `UPGRADED`.
-    phase: AtomicU8,
-    /// When the current phase began, in µs since `origin`.
-    since_us: AtomicU64,
-    origin: Instant,
-}
-
-/// Waiting for (the rest of) a request head: the header-read timeout runs.
-const HEAD: u8 = 0;
-/// A request is being read or handled: the request deadline (in the service) runs.
-const BUSY: u8 = 1;
-/// Answered, waiting for the next request: the idle timeout runs.
-const IDLE: u8 = 2;
-/// Handed to an upgrade (WebSocket): no timeout of ours.
-const UPGRADED: u8 = 3;
-
-impl ConnClock {
-    fn new() -> ConnClock {
-        ConnClock {
-            phase: AtomicU8::new(HEAD),
-            since_us: AtomicU64::new(0),
-            origin: Instant::now(),
-        }
-    }
-
-    fn enter(&self, phase: u8) {
-        let since = self.origin.elapsed().as_micros() as u64;
-        self.since_us.store(since, Ordering::Relaxed);
-        self.phase.store(phase, Ordering::Relaxed);
-    }
-
-    fn phase(&self) -> u8 {
-        self.phase.load(Ordering::Relaxed)
-    }
-
-    fn since(&self) -> Instant {
-        self.origin + Duration::from_micros(self.since_us.load(Ordering::Relaxed))
-    }
-}
-
-/// The socket, enforcing the header-read and idle timeouts on reads, and holding the
-/// connection's slot for as long as the socket lives (an upgraded one included).
-struct Guarded {
-    inner: TcpStream,
-    clock: Arc<ConnClock>,
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
-    timer: Pin<Box<Sleep>>,
-    armed_for: Option<Instant>,
-    _slot: OwnedSemaphorePermit,
-    _open: OpenConnection,
-}
-
 /// Counts itself in `http_connections_open` while it lives (with the socket, so an
 /// upgraded connection counts until it closes).
 struct OpenConnection;
@@ -345,93 +283,6 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         metrics::gauge!("http_connections_open").decrement(1.0);
-    }
-}
-
-impl Guarded {
-    /// The instant past which the current phase has taken too long, if it has a limit.
-    fn deadline(&self) -> Option<Instant> {
-        let limit = match self.clock.phase() {
-            HEAD => self.header_read_timeout,
-            IDLE => self.idle_timeout,
-            _ => return None,
-        };
-        Some(self.clock.since() + limit)
-    }
-
-    fn timed_out(phase: u8) -> io::Error {
-        let (what, label) = if phase == IDLE {
-            ("idle timeout", "idle")
-        } else {
-            ("header read timeout", "header")
-        };
-        metrics::counter!("http_connections_timed_out_total", "phase" => label).increment(1);
-        io::Error::new(io::ErrorKind::TimedOut, what)
-    }
-}
-
-impl AsyncRead for Guarded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        if let Poll::Ready(read) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-            if read.is_ok() && buf.filled().len() > before {
-                match this.clock.phase() {
-                    // The first byte of the next request: from now on it is a head.
-                    IDLE => this.clock.enter(HEAD),
-                    // A trickling head still has to arrive whole in time.
-                    HEAD if this.deadline().is_some_and(|d| Instant::now() >= d) => {
-                        return Poll::Ready(Err(Guarded::timed_out(HEAD)));
-                    }
-                    _ => {}
-                }
-            }
-            return Poll::Ready(read);
-        }
-        // Nothing to read: make sure we are woken when the current phase runs out.
-        let Some(deadline) = this.deadline() else {
-            return Poll::Pending;
-        };
-        if this.armed_for != Some(deadline) {
-            this.timer.as_mut().reset(deadline);
-            this.armed_for = Some(deadline);
-        }
-        ready!(this.timer.as_mut().poll(cx));
-        Poll::Ready(Err(Guarded::timed_out(this.clock.phase())))
-    }
-}
-
-impl AsyncWrite for Guarded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -506,182 +357,5 @@ fn request_timed_out() -> Response<Body> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_soft_open_files_limit() {
-        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
-                      Max processes             95083                95083                processes\n\
-                      Max open files            1024                 524288               files\n";
-        assert_eq!(soft_fd_limit(limits), Some(1024));
-        let unlimited =
-            "Max open files            unlimited            unlimited            files\n";
-        assert_eq!(soft_fd_limit(unlimited), None);
-        assert_eq!(soft_fd_limit(""), None);
-    }
-
-    #[test]
-    fn accept_backoff_grows_to_a_second_and_resets() {
-        let mut b = AcceptBackoff::default();
-        let pauses: Vec<u64> = (0..10).map(|_| b.next().as_millis() as u64).collect();
-        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
-        b.reset();
-        assert_eq!(b.next(), Duration::from_millis(10));
-    }
-
-    /// For `order-status`: once a connection is upgraded (101), none of the limits apply,
-    /// however long it stays quiet; plain requests on the same server still get them.
-    #[tokio::test]
-    async fn an_upgraded_connection_outlives_every_timeout() {
-        use axum::{extract::Request, routing::get};
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-        async fn echo(mut request: Request) -> Response<Body> {
-            let upgrade = hyper::upgrade::on(&mut request);
-            tokio::spawn(async move {
-                let mut io = TokioIo::new(upgrade.await.expect("upgraded"));
-                let mut buf = [0u8; 64];
-                while let Ok(n @ 1..) = io.read(&mut buf).await {
-                    if io.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let mut response = Response::new(Body::empty());
-            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let headers = response.headers_mut();
-            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert("upgrade", HeaderValue::from_static("echo"));
-            response
-        }
-
-        let limits = ServerLimits {
-            header_read_timeout: Duration::from_millis(200),
-            request_timeout: Duration::from_millis(200),
-            idle_timeout: Duration::from_millis(200),
-            max_connections: 4,
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let router = Router::new().route("/echo", get(echo));
-        let server = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { serve(listener, router, &limits, shutdown).await }
-        });
-
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client
-            .write_all(
-                b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(
-                client.read(&mut byte).await.unwrap(),
-                1,
-                "closed before 101"
-            );
-            head.push(byte[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
-        for _ in 0..2 {
-            // Quiet for longer than every timeout, then still echoing.
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            client.write_all(b"ping").await.unwrap();
-            let mut echoed = [0u8; 4];
-            client.read_exact(&mut echoed).await.unwrap();
-            assert_eq!(&echoed, b"ping");
-        }
-        shutdown.cancel();
-        server.await.unwrap().unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_request_head_over_64_kib_is_refused_with_431() {
-        use axum::routing::get;
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let router = Router::new().route("/", get(|| async { "ok" }));
-        let server = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { serve(listener, router, &ServerLimits::default(), shutdown).await }
-        });
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let big = "a".repeat(MAX_HEAD_BYTES + 1);
-        let head = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
-        let _ = client.write_all(head.as_bytes()).await; // it may close before the end
-        let mut answer = vec![0u8; 1024];
-        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut answer))
-            .await
-            .expect("answered")
-            .unwrap();
-        let answer = String::from_utf8_lossy(&answer[..n]);
-        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
-        shutdown.cancel();
-        server.await.unwrap().unwrap();
-    }
-
-    /// The deadline covers the handler too, not only reading the body.
-    #[tokio::test]
-    async fn a_slow_handler_is_answered_408_at_the_request_deadline() {
-        use axum::routing::get;
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-        let limits = ServerLimits {
-            request_timeout: Duration::from_millis(200),
-            ..ServerLimits::default()
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let router = Router::new().route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "too late"
-            }),
-        );
-        let server = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { serve(listener, router, &limits, shutdown).await }
-        });
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client
-            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut answer))
-            .await
-            .expect("answered and closed within the deadline")
-            .unwrap();
-        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-        assert!(answer.contains("connection: close"), "{answer}");
-        shutdown.cancel();
-        server.await.unwrap().unwrap();
-    }
-
-    #[test]
-    fn limits_default_to_the_documented_values() {
-        use clap::Parser as _;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            limits: ServerLimits,
-        }
-        let parsed = Cli::try_parse_from(["x"]).unwrap().limits;
-        assert_eq!(parsed, ServerLimits::default());
-    }
-}
+#[path = "serve_tests.rs"]
+mod tests;
