@@ -174,3 +174,70 @@ fn limits_default_to_the_documented_values() {
     let parsed = Cli::try_parse_from(["x"]).unwrap().limits;
     assert_eq!(parsed, ServerLimits::default());
 }
+
+/// Shutdown stops accepting, lets the request in flight finish, closes idle keep-alive
+/// connections at once, and only then returns.
+#[tokio::test]
+async fn shutdown_finishes_the_request_in_flight_and_closes_idle_connections() {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
+    let router = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                if let Some(tx) = started_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "finished"
+                }
+            }),
+        )
+        .route("/", get(|| async { "ok" }));
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { serve(listener, router, &ServerLimits::default(), shutdown).await }
+    });
+    // An idle keep-alive connection, answered once.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // A request in flight when shutdown comes.
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    started_rx.await.unwrap();
+    shutdown.cancel();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), busy.read_to_string(&mut answer))
+        .await
+        .expect("answered, then closed")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("finished"),
+        "{answer}"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "idle connection not closed"
+    );
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns once connections are closed")
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
