@@ -3,9 +3,14 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use secrecy::{ExposeSecret as _, SecretString};
 use shared::config::{BrokerArgs, parse_duration};
 
-use crate::allowlist::{IpAllowlist, parse_allowlist, parse_cidr_list};
+use crate::{
+    allowlist::{CidrList, IpAllowlist, parse_allowlist, parse_trusted_proxies},
+    secrets::Secrets,
+    serve::ServerLimits,
+};
 
 /// Command line and environment of the `ingress` binary.
 #[derive(Debug, Clone, clap::Parser)]
@@ -18,6 +23,9 @@ pub struct IngressArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
 
+    #[command(flatten)]
+    pub limits: ServerLimits,
+
     /// Address the HTTP server listens on.
     #[arg(long, env = "INGRESS_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -28,9 +36,15 @@ pub struct IngressArgs {
         long,
         env = "XSOLLA_WEBHOOK_SECRET",
         hide_env_values = true,
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_secret
     )]
-    pub webhook_secret: Vec<String>,
+    pub webhook_secret: Vec<SecretString>,
+
+    /// The Xsolla project of `POST /webhooks/xsolla`, for webhooks that do not name theirs
+    /// (separate-mode `order_paid` has no `settings`): published as header `x-project-id`.
+    #[arg(long, env = "XSOLLA_PROJECT_ID")]
+    pub project_id: Option<u64>,
 
     /// JSON file of per-project secrets for `POST /webhooks/xsolla/{project_id}`:
     /// `{"18404": ["new-key", "old-key"], "18405": ["key"]}`.
@@ -43,8 +57,8 @@ pub struct IngressArgs {
     pub user_check_url: Option<String>,
 
     /// Bearer token sent to USER_CHECK_URL, if the game's API needs one.
-    #[arg(long, env = "USER_CHECK_TOKEN", hide_env_values = true)]
-    pub user_check_token: Option<String>,
+    #[arg(long, env = "USER_CHECK_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub user_check_token: Option<SecretString>,
 
     /// Deadline for one user lookup; past it the answer is 503 and Xsolla may ask again.
     #[arg(long, env = "USER_CHECK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
@@ -59,7 +73,7 @@ pub struct IngressArgs {
     pub ip_allowlist: IpAllowlist,
 
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed. Empty: the TCP peer is the client.
-    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_cidr_list)]
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_trusted_proxies)]
     pub trusted_proxies: CidrList,
 
     /// Largest accepted body; larger ones get 413 and are never truncated.
@@ -79,20 +93,24 @@ pub struct IngressArgs {
     pub shutdown_timeout: Duration,
 }
 
-/// A parsed list of networks (clap needs a named type for a whole-value parser).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CidrList(pub Vec<ipnet::IpNet>);
+/// The ingress's configuration once checked: what `run` serves with. Built once, by
+/// [`IngressArgs::check`], so the projects file is read once and nothing is checked twice.
+#[derive(Debug)]
+pub struct IngressConfig {
+    pub args: IngressArgs,
+    pub secrets: Secrets,
+}
 
 impl IngressArgs {
-    /// Checks what clap cannot: that some secret exists and that URLs are usable.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what clap cannot (that some secret exists, that URLs are usable) and loads
+    /// the secrets; the error is one line naming the option.
+    pub fn check(self) -> Result<IngressConfig, String> {
         self.broker.validate()?;
-        if self.webhook_secret.iter().all(|s| s.trim().is_empty()) && self.projects_file.is_none() {
+        let blank = |s: &SecretString| s.expose_secret().trim().is_empty();
+        if self.webhook_secret.iter().all(blank) && self.projects_file.is_none() {
             return Err("XSOLLA_WEBHOOK_SECRET (--webhook-secret) or XSOLLA_PROJECTS_FILE (--projects-file) must be set".into());
         }
-        if self.webhook_secret.iter().any(|s| s.trim().is_empty())
-            && !self.webhook_secret.is_empty()
-        {
+        if self.webhook_secret.iter().any(blank) && !self.webhook_secret.is_empty() {
             return Err("XSOLLA_WEBHOOK_SECRET (--webhook-secret) contains an empty secret".into());
         }
         if let Some(url) = &self.user_check_url {
@@ -102,7 +120,24 @@ impl IngressArgs {
         if self.user_search && self.user_check_url.is_none() {
             return Err("USER_SEARCH_ENABLED (--user-search) needs USER_CHECK_URL".into());
         }
-        crate::secrets::Secrets::load(&self.webhook_secret, self.projects_file.as_deref())?;
-        Ok(())
+        // Past the request deadline the answer is 408 whatever the handler was doing; a
+        // broker or user API slower than their own deadlines must still get its 503.
+        let slowest = self.user_check_timeout.max(self.broker.publish_timeout);
+        if self.limits.request_timeout <= slowest {
+            return Err(format!(
+                "REQUEST_TIMEOUT (--request-timeout) {:?} must be longer than PUBLISH_TIMEOUT and USER_CHECK_TIMEOUT ({slowest:?})",
+                self.limits.request_timeout
+            ));
+        }
+        let secrets = Secrets::load(&self.webhook_secret, self.projects_file.as_deref())?;
+        Ok(IngressConfig {
+            args: self,
+            secrets,
+        })
     }
+}
+
+/// Wraps a secret option's value as soon as clap has it, so it is never a plain `String`.
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s))
 }

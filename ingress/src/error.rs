@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use axum::{
     Json,
     http::{HeaderValue, StatusCode, header::RETRY_AFTER},
-    response::{IntoResponse, Response},
+    response::{IntoResponse as _, Response},
 };
 use serde_json::json;
 use shared::signature::SignatureError;
@@ -68,9 +68,22 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
+impl ApiError {
+    /// Whether this answer is a 5xx: its detail stays in the log, never in the answer.
+    pub fn is_server_error(&self) -> bool {
+        self.status().is_server_error()
+    }
+
+    /// The answer to send. A 5xx says only "retry later" and `request_id`, which is also on
+    /// the WARN line carrying the detail: broker and user-API errors can name hosts,
+    /// queues and URLs that are nobody's business outside.
+    pub fn into_answer(self, request_id: &str) -> Response {
+        let message = if self.is_server_error() {
+            format!("Temporarily unavailable; retry later (request {request_id})")
+        } else {
+            self.to_string()
+        };
+        let body = Json(json!({"error": {"code": self.code(), "message": message}}));
         let mut response = (self.status(), body).into_response();
         if let ApiError::Unavailable { retry_after, .. } = self {
             response
@@ -79,4 +92,9 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// A new id for one failed request, to find its log line from the answer.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }

@@ -5,22 +5,26 @@
 pub mod allowlist;
 pub mod config;
 pub mod error;
+pub mod log_limit;
 pub mod publisher;
+mod read_timeouts;
+pub mod redact;
 pub mod routes;
 pub mod secrets;
+pub mod serve;
 pub mod status;
 pub mod user_check;
 pub mod verify;
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{Parser as _, error::ErrorKind};
 use shared::{amqp, ops, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::IngressArgs;
+pub use config::{IngressArgs, IngressConfig};
 
 /// Serves on `listener` until `shutdown`, then finishes in-flight requests (within
 /// `SHUTDOWN_TIMEOUT`) and closes the broker connection.
@@ -29,9 +33,17 @@ pub async fn run(
     args: IngressArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    args.validate().map_err(anyhow::Error::msg)?;
-    let secrets = secrets::Secrets::load(&args.webhook_secret, args.projects_file.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let config = args.check().map_err(anyhow::Error::msg)?;
+    run_checked(listener, config, shutdown).await
+}
+
+/// [`run`] with the configuration already checked.
+pub async fn run_checked(
+    listener: TcpListener,
+    config: IngressConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let IngressConfig { args, secrets } = config;
     let user_check = args.user_check_url.clone().map(|template| {
         user_check::UserCheck::new(
             template,
@@ -62,28 +74,28 @@ pub async fn run(
         let shutdown = shutdown.clone();
         Arc::new(move || publisher.is_ready() && !shutdown.is_cancelled())
     };
-    let app = Arc::new(routes::App {
+    let verifier = verify::Verifier::new(
         secrets,
-        allowlist: args.ip_allowlist.clone(),
-        trusted_proxies: args.trusted_proxies.0.clone(),
-        max_body_bytes: args.max_body_bytes as usize,
+        args.ip_allowlist.clone(),
+        args.trusted_proxies.0.clone(),
+        args.max_body_bytes as usize,
+    );
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        projects = ?verifier.secrets.project_ids(),
+        allowlist = ?args.ip_allowlist,
+        "ingress listening"
+    );
+    let app = Arc::new(routes::App {
+        verifier,
         user_check,
         user_search: args.user_search,
         publisher,
         retry_after: args.retry_after_secs,
+        default_project: args.project_id,
     });
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        projects = ?app.secrets.project_ids(),
-        allowlist = ?args.ip_allowlist,
-        "ingress listening"
-    );
     let router = routes::router(app).merge(ops::router(ready, metrics));
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = serve::serve(listener, router, &args.limits, shutdown.clone());
     let drain_deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(args.shutdown_timeout).await;
@@ -100,27 +112,49 @@ pub async fn run(
 
 /// The binary: parse options, set up telemetry, bind, serve until SIGTERM or ctrl-c.
 pub async fn run_main() -> ExitCode {
-    let args = IngressArgs::parse();
+    let args = match IngressArgs::try_parse() {
+        Ok(args) => args,
+        Err(e) => return refuse_options(e),
+    };
     telemetry::init_tracing(args.broker.log_format);
-    if let Err(e) = args.validate() {
-        eprintln!("ingress: bad configuration: {e}");
-        return ExitCode::from(2);
-    }
-    let listener = match TcpListener::bind(args.listen).await {
-        Ok(l) => l,
+    let listen = args.listen;
+    let config = match args.check() {
+        Ok(config) => config,
         Err(e) => {
-            eprintln!(
-                "ingress: INGRESS_LISTEN (--listen) {}: cannot bind: {e}",
-                args.listen
-            );
+            eprintln!("ingress: bad configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    match run(listener, args, telemetry::shutdown_signal()).await {
+    let listener = match TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ingress: INGRESS_LISTEN (--listen) {listen}: cannot bind: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run_checked(listener, config, telemetry::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ingress: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--help` and `--version` as clap prints them; any other clap error as the one line the
+/// README promises (clap's own takes three: the error, the usage, a tip), exit 2.
+fn refuse_options(e: clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid options");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("ingress: bad configuration: {first}");
+    ExitCode::from(2)
 }

@@ -2,6 +2,7 @@
 //! session, each confirmed by the broker before the request may be answered 204.
 
 use std::{
+    future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -29,6 +30,29 @@ impl NotDurable {
             NotDurable::Overloaded => "overloaded",
             NotDurable::Publish(e) => e.kind(),
         }
+    }
+}
+
+/// Where verified webhooks go: the seam between the answer table and the broker. The
+/// product's is [`Publisher`]; tests of the routes use their own, without a broker.
+pub trait Publish: Send + Sync + 'static {
+    /// Resolves `Ok` only once the message is durable (the broker confirmed it).
+    fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> impl Future<Output = Result<(), NotDurable>> + Send;
+}
+
+impl Publish for Publisher {
+    fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> impl Future<Output = Result<(), NotDurable>> + Send {
+        Publisher::publish(self, routing_key, body, properties)
     }
 }
 

@@ -14,40 +14,38 @@ use serde_json::{Value, json};
 use shared::envelope;
 
 use crate::{
-    allowlist::IpAllowlist,
-    error::ApiError,
-    publisher::Publisher,
-    secrets::Secrets,
+    error::{self, ApiError},
+    publisher::{Publish, Publisher},
     user_check::{Lookup, UserCheck},
-    verify::{VerifiedWebhook, verify},
+    verify::{VerifiedWebhook, Verifier},
 };
 
-/// Everything a request needs, shared by all requests.
-pub struct App {
-    pub secrets: Secrets,
-    pub allowlist: IpAllowlist,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    pub max_body_bytes: usize,
+/// Everything a request needs, shared by all requests. `P` is where verified webhooks
+/// go: the broker's [`Publisher`] in the product, a stand-in in the routes' own tests.
+pub struct App<P = Publisher> {
+    pub verifier: Verifier,
     pub user_check: Option<UserCheck>,
     pub user_search: bool,
-    pub publisher: Publisher,
+    pub publisher: P,
     pub retry_after: u32,
+    /// `XSOLLA_PROJECT_ID`: the project when neither the route nor the body names one.
+    pub default_project: Option<u64>,
 }
 
 /// `POST /webhooks/xsolla` and `POST /webhooks/xsolla/{project_id}`.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router<P: Publish>(app: Arc<App<P>>) -> Router {
     Router::new()
-        .route("/webhooks/xsolla", post(single_project))
-        .route("/webhooks/xsolla/{project_id}", post(one_of_projects))
+        .route("/webhooks/xsolla", post(single_project::<P>))
+        .route("/webhooks/xsolla/{project_id}", post(one_of_projects::<P>))
         .with_state(app)
 }
 
-async fn single_project(State(app): State<Arc<App>>, request: Request) -> Response {
+async fn single_project<P: Publish>(State(app): State<Arc<App<P>>>, request: Request) -> Response {
     handle(&app, None, request).await
 }
 
-async fn one_of_projects(
-    State(app): State<Arc<App>>,
+async fn one_of_projects<P: Publish>(
+    State(app): State<Arc<App<P>>>,
     Path(project): Path<String>,
     request: Request,
 ) -> Response {
@@ -63,9 +61,9 @@ async fn one_of_projects(
     }
 }
 
-async fn handle(app: &App, project: Option<u64>, request: Request) -> Response {
+async fn handle<P: Publish>(app: &App<P>, project: Option<u64>, request: Request) -> Response {
     let started = Instant::now();
-    let webhook = match verify(app, project, request).await {
+    let webhook = match app.verifier.verify(project, request).await {
         Ok(webhook) => webhook,
         Err(e) => return finish("-", started, Err(e)),
     };
@@ -98,18 +96,26 @@ fn finish(kind: &str, started: Instant, result: Result<Response, ApiError>) -> R
     metrics::counter!("ingress_requests_total", "type" => type_label(kind), "outcome" => outcome)
         .increment(1);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match &result {
-        Ok(_) => tracing::info!(
-            status = status.as_u16(),
-            outcome,
-            elapsed_ms,
-            "webhook answered"
-        ),
+    match result {
+        Ok(response) => {
+            tracing::info!(
+                status = status.as_u16(),
+                outcome,
+                elapsed_ms,
+                "webhook answered"
+            );
+            response
+        }
+        Err(error) if error.is_server_error() => {
+            let request_id = error::new_request_id();
+            tracing::warn!(status = status.as_u16(), outcome, %request_id, %error, elapsed_ms, "webhook not accepted; Xsolla will re-send");
+            error.into_answer(&request_id)
+        }
         Err(error) => {
-            tracing::warn!(status = status.as_u16(), outcome, %error, elapsed_ms, "webhook refused")
+            tracing::warn!(status = status.as_u16(), outcome, %error, elapsed_ms, "webhook refused");
+            error.into_answer("-")
         }
     }
-    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Keeps the metrics label set bounded: Xsolla's documented types, else `other`.
@@ -146,14 +152,19 @@ fn type_label(kind: &str) -> &'static str {
 }
 
 /// Publishes the raw body with the envelope headers; Ok only after the broker's confirm.
-async fn publish(app: &App, webhook: &VerifiedWebhook) -> Result<(), ApiError> {
+async fn publish<P: Publish>(app: &App<P>, webhook: &VerifiedWebhook) -> Result<(), ApiError> {
     let kind = &webhook.summary.notification_type;
     let properties = envelope::received_properties(&envelope::Received {
         notification_type: kind,
         message_id: &webhook.summary.dedup_id,
         signature: &webhook.signature,
         traceparent: &webhook.traceparent,
-        project_id: webhook.project_id,
+        // The route's project (its secrets verified the webhook), else the body's, else the
+        // configured one; order-status reads it to tell projects' orders apart.
+        project_id: webhook
+            .project_id
+            .or(webhook.summary.project_id)
+            .or(app.default_project),
     });
     app.publisher
         .publish(kind, &webhook.body, properties)
@@ -162,7 +173,7 @@ async fn publish(app: &App, webhook: &VerifiedWebhook) -> Result<(), ApiError> {
 }
 
 /// `user_validation`: 204 if the game knows the user, 400 `INVALID_USER` if not.
-async fn validate_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
+async fn validate_user<P>(app: &App<P>, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
     let Some(check) = &app.user_check else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -179,7 +190,7 @@ async fn validate_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response,
 }
 
 /// `user_search`: 200 `{"user": …}` from the game's answer, 400 `INVALID_USER` if unknown.
-async fn search_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
+async fn search_user<P>(app: &App<P>, webhook: &VerifiedWebhook) -> Result<Response, ApiError> {
     let check = app
         .user_check
         .as_ref()
@@ -204,7 +215,7 @@ async fn search_user(app: &App, webhook: &VerifiedWebhook) -> Result<Response, A
     }
 }
 
-impl App {
+impl<P> App<P> {
     fn unavailable(&self, reason: String) -> ApiError {
         ApiError::Unavailable {
             reason,
@@ -212,3 +223,7 @@ impl App {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "answer_table_tests.rs"]
+mod answer_table_tests;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::Value;
 
 /// Characters left as they are in a user id put into the URL (RFC 3986 unreserved).
@@ -22,47 +23,60 @@ pub enum Lookup {
     Unknown,
 }
 
-/// Why the game could not answer: the webhook gets 503 and Xsolla may ask again.
+/// Why the game could not answer: the webhook gets 503 and Xsolla may ask again. Messages
+/// name the API by its redacted template (see [`crate::redact`]), never the URL asked.
 #[derive(Debug, thiserror::Error)]
 pub enum UserCheckError {
-    #[error("user API did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("user API answered {0}")]
-    Status(u16),
-    #[error("user API unreachable: {0}")]
-    Unreachable(String),
+    #[error("user API {api} did not answer within {timeout:?}")]
+    Timeout { api: String, timeout: Duration },
+    #[error("user API {api} answered {status}")]
+    Status { api: String, status: u16 },
+    #[error("user API {api} unreachable: {reason}")]
+    Unreachable { api: String, reason: String },
 }
 
 /// Client for `USER_CHECK_URL`.
 #[derive(Debug, Clone)]
 pub struct UserCheck {
     template: String,
-    token: Option<String>,
+    /// The template as it may be logged.
+    shown: String,
+    token: Option<SecretString>,
     timeout: Duration,
     client: reqwest::Client,
 }
 
 /// Checks that a template is an http(s) URL with a `{user_id}` placeholder.
 pub fn validate_template(template: &str) -> Result<(), String> {
+    let shown = crate::redact::url(template);
     if !template.contains("{user_id}") {
-        return Err(format!("`{template}` has no {{user_id}} placeholder"));
+        return Err(format!("`{shown}` has no {{user_id}} placeholder"));
     }
     let sample = template.replace("{user_id}", "x");
-    let url =
-        reqwest::Url::parse(&sample).map_err(|e| format!("`{template}` is not a URL: {e}"))?;
+    let url = reqwest::Url::parse(&sample).map_err(|e| format!("`{shown}` is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("`{template}` must be http:// or https://"));
+        return Err(format!("`{shown}` must be http:// or https://"));
     }
     Ok(())
 }
 
+/// Whether `user_id` can be put into the template as a path segment of its own. `.` and
+/// `..` cannot: URL parsers resolve them as dot segments (and `%2E`, `.%2e`, … too, per the
+/// WHATWG URL standard), so `/users/..` would ask the API's root, whose 2xx would read as
+/// "exists"; an empty id would ask the collection `/users/`. No game names a player so;
+/// they are answered as unknown users without asking.
+fn is_lookup_safe(user_id: &str) -> bool {
+    !matches!(user_id, "" | "." | "..")
+}
+
 impl UserCheck {
-    pub fn new(template: String, token: Option<String>, timeout: Duration) -> UserCheck {
+    pub fn new(template: String, token: Option<SecretString>, timeout: Duration) -> UserCheck {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
             .expect("a client with only a timeout set builds");
         UserCheck {
+            shown: crate::redact::url(&template),
             template,
             token,
             timeout,
@@ -72,13 +86,16 @@ impl UserCheck {
 
     /// Looks `user_id` up; 2xx = exists, 404 = unknown, anything else is an error.
     pub async fn lookup(&self, user_id: &str, traceparent: &str) -> Result<Lookup, UserCheckError> {
+        if !is_lookup_safe(user_id) {
+            return Ok(Lookup::Unknown);
+        }
         let url = self.template.replace(
             "{user_id}",
             &utf8_percent_encode(user_id, USER_ID).to_string(),
         );
         let mut request = self.client.get(url).header("traceparent", traceparent);
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            request = request.bearer_auth(token.expose_secret());
         }
         let response = request.send().await.map_err(|e| self.classify(e))?;
         let status = response.status();
@@ -89,15 +106,31 @@ impl UserCheck {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(Lookup::Unknown);
         }
-        Err(UserCheckError::Status(status.as_u16()))
+        Err(UserCheckError::Status {
+            api: self.shown.clone(),
+            status: status.as_u16(),
+        })
     }
 
     fn classify(&self, e: reqwest::Error) -> UserCheckError {
+        let api = self.shown.clone();
         if e.is_timeout() {
-            UserCheckError::Timeout(self.timeout)
-        } else {
-            UserCheckError::Unreachable(e.to_string())
+            return UserCheckError::Timeout {
+                api,
+                timeout: self.timeout,
+            };
         }
+        // reqwest's message names the URL asked, query string and all: leave it out, keep
+        // the causes (they name no URL).
+        let e = e.without_url();
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            reason.push_str(": ");
+            reason.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        UserCheckError::Unreachable { api, reason }
     }
 }
 
@@ -115,6 +148,16 @@ mod tests {
         );
         assert!(validate_template("ftp://game/{user_id}").is_err());
         assert!(validate_template("not a url {user_id}").is_err());
+    }
+
+    #[test]
+    fn dot_segments_and_empty_ids_are_never_looked_up() {
+        for id in ["", ".", ".."] {
+            assert!(!is_lookup_safe(id), "{id:?}");
+        }
+        for id in ["...", ".a", "a.", "a..b", "%2e"] {
+            assert!(is_lookup_safe(id), "{id:?}");
+        }
     }
 
     #[test]

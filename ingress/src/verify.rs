@@ -2,16 +2,28 @@
 //! then the signature over the raw bytes, then the JSON. Nothing past this point sees an
 //! unverified body.
 
-use std::net::SocketAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use axum::{
     body::{Body, Bytes},
     extract::{ConnectInfo, Request},
-    http::header::{AUTHORIZATION, CONTENT_LENGTH},
+    http::{
+        header::{AUTHORIZATION, CONTENT_LENGTH},
+        request::Parts,
+    },
 };
+use ipnet::IpNet;
 use shared::{envelope, signature, webhook};
 
-use crate::{allowlist, error::ApiError, routes::App};
+use crate::{
+    allowlist::{self, IpAllowlist},
+    error::ApiError,
+    log_limit::LogLimit,
+    secrets::Secrets,
+};
 
 /// A webhook whose signature matched one of its route's secrets.
 #[derive(Debug)]
@@ -27,58 +39,107 @@ pub struct VerifiedWebhook {
     pub traceparent: String,
 }
 
-/// Checks IP, size, signature and shape; any failure is the answer to send.
-pub async fn verify(
-    app: &App,
-    project_id: Option<u64>,
-    request: Request,
-) -> Result<VerifiedWebhook, ApiError> {
-    let (parts, body) = request.into_parts();
-    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let client = allowlist::client_ip(peer.ip(), forwarded, &app.trusted_proxies);
-        if !app.allowlist.allows(client) {
-            return Err(ApiError::ForbiddenIp(client));
+/// What verifying a webhook needs, and nothing else: the routes' secrets, the allowlist
+/// and the proxies believed, and the body limit.
+#[derive(Debug)]
+pub struct Verifier {
+    pub secrets: Secrets,
+    pub allowlist: IpAllowlist,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_bytes: usize,
+    /// Limits the WARN about webhooks to routes without secrets (any client can cause it).
+    pub unconfigured_route_log: LogLimit<Option<u64>>,
+}
+
+impl Verifier {
+    pub fn new(
+        secrets: Secrets,
+        allowlist: IpAllowlist,
+        trusted_proxies: Vec<IpNet>,
+        max_body_bytes: usize,
+    ) -> Verifier {
+        Verifier {
+            secrets,
+            allowlist,
+            trusted_proxies,
+            max_body_bytes,
+            unconfigured_route_log: LogLimit::new(Duration::from_secs(60)),
         }
     }
-    let body = read_body(&parts.headers, body, app.max_body_bytes).await?;
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""));
-    let secrets = app.secrets.for_project(project_id);
-    if secrets.is_empty() {
-        tracing::error!(
-            ?project_id,
-            "no secret configured for this route; every webhook to it is refused"
-        );
+
+    /// Checks IP, size, signature and shape; any failure is the answer to send.
+    pub async fn verify(
+        &self,
+        project_id: Option<u64>,
+        request: Request,
+    ) -> Result<VerifiedWebhook, ApiError> {
+        let (parts, body) = request.into_parts();
+        self.check_client(&parts)?;
+        let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or(""));
+        let secrets = self.secrets.for_project(project_id);
+        if secrets.is_empty() {
+            self.warn_unconfigured(project_id);
+        }
+        signature::verify(header, &body, secrets)?;
+        let summary =
+            webhook::summarize(&body).map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
+        if let (Some(route), Some(body_project)) = (project_id, summary.project_id)
+            && route != body_project
+        {
+            return Err(ApiError::InvalidParameter(format!(
+                "webhook for project {body_project} posted to the route of project {route}"
+            )));
+        }
+        let traceparent = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| envelope::is_valid_traceparent(t))
+            .map_or_else(envelope::new_traceparent, str::to_owned);
+        Ok(VerifiedWebhook {
+            body,
+            summary,
+            signature: header.unwrap_or_default().to_owned(),
+            project_id,
+            traceparent,
+        })
     }
-    signature::verify(header, &body, secrets)?;
-    let summary =
-        webhook::summarize(&body).map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
-    if let (Some(route), Some(body_project)) = (project_id, summary.project_id)
-        && route != body_project
-    {
-        return Err(ApiError::InvalidParameter(format!(
-            "webhook for project {body_project} posted to the route of project {route}"
-        )));
+
+    /// The allowlist, if on. A request without a peer address (a router served without
+    /// `ConnectInfo`) is refused rather than let through: the check fails closed.
+    fn check_client(&self, parts: &Parts) -> Result<(), ApiError> {
+        if self.allowlist == IpAllowlist::Off {
+            return Ok(());
+        }
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Err(ApiError::ForbiddenIp(IpAddr::from([0, 0, 0, 0])));
+        };
+        let forwarded = parts.headers.get_all("x-forwarded-for");
+        let lines = forwarded.iter().map(|v| v.to_str().ok());
+        let client = allowlist::client_ip(peer.ip(), lines, &self.trusted_proxies);
+        if !self.allowlist.allows(client) {
+            return Err(ApiError::ForbiddenIp(client));
+        }
+        Ok(())
     }
-    let traceparent = parts
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|t| envelope::is_valid_traceparent(t))
-        .map_or_else(envelope::new_traceparent, str::to_owned);
-    Ok(VerifiedWebhook {
-        body,
-        summary,
-        signature: header.unwrap_or_default().to_owned(),
-        project_id,
-        traceparent,
-    })
+
+    /// Anyone can post to any project's route: WARN, and once a minute per project.
+    fn warn_unconfigured(&self, project_id: Option<u64>) {
+        if let Some(suppressed) = self
+            .unconfigured_route_log
+            .check(&project_id, std::time::Instant::now())
+        {
+            tracing::warn!(
+                ?project_id,
+                suppressed,
+                "webhook to a route with no secret configured; every webhook to it is refused (suppressed: how many since the last such line)"
+            );
+        }
+    }
 }
 
 /// Reads the whole body, refusing (never truncating) one over `limit`; a declared

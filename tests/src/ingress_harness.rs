@@ -66,3 +66,75 @@ impl Drop for RunningIngress {
         self.shutdown.cancel();
     }
 }
+
+/// The real `ingress` binary as a child process, its stderr (the logs) collected.
+pub struct IngressProcess {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl IngressProcess {
+    /// Starts the binary with only `env` (plus `PATH`, `INGRESS_LISTEN` on a free port and
+    /// `RUST_LOG` if unset) and waits until `/readyz` answers 200.
+    pub async fn spawn(env: &[(&str, &str)]) -> anyhow::Result<IngressProcess> {
+        use tokio::io::AsyncReadExt as _;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut command = tokio::process::Command::new(crate::bin_path("ingress"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("INGRESS_LISTEN", addr.to_string())
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for mut pipe in [
+            Box::new(child.stderr.take().expect("piped"))
+                as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+            Box::new(child.stdout.take().expect("piped")),
+        ] {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+                    logs.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let process = IngressProcess { addr, child, logs };
+        let ready = crate::wait::until(
+            std::time::Duration::from_secs(20),
+            "ingress binary ready",
+            || async {
+                matches!(reqwest::get(process.url("/readyz")).await, Ok(r) if r.status() == 200)
+            },
+        )
+        .await;
+        if let Err(e) = ready {
+            anyhow::bail!("{e}; its output:\n{}", process.logs());
+        }
+        Ok(process)
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything it wrote so far (stderr and stdout).
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}

@@ -149,6 +149,50 @@ async fn publishes_order_paid_byte_for_byte_with_documented_properties() {
     );
 }
 
+/// `x-project-id`: the route's project, else the body's, else `XSOLLA_PROJECT_ID`.
+#[tokio::test]
+async fn publishes_the_project_of_the_route_the_body_or_the_configured_default() {
+    let dir = std::env::temp_dir().join(format!("xb-ingress-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let projects = dir.join("projects.json");
+    std::fs::write(&projects, r#"{"18404": ["p"]}"#).unwrap();
+    let s = setup(&[
+        "--project-id",
+        "42",
+        "--projects-file",
+        projects.to_str().unwrap(),
+    ])
+    .await;
+    let project_of_next_message = || async {
+        let (_, props) = s.take(WORK_QUEUE).await.expect("published");
+        props.headers().clone().unwrap().get_int(header::PROJECT_ID)
+    };
+    // Separate mode names no project: the configured one.
+    let separate = fixtures::load("order_paid_separate");
+    assert_eq!(
+        s.post_signed(&separate).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(project_of_next_message().await, Some(42));
+    // Combined mode names 18404 in `settings`: the body's, on either route.
+    let combined = fixtures::load("order_paid_combined");
+    assert_eq!(
+        s.post_signed(&combined).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(project_of_next_message().await, Some(18404));
+    let r = s
+        .post(
+            "/webhooks/xsolla/18404",
+            &separate,
+            Some(&authorization(&separate, "p")),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(project_of_next_message().await, Some(18404));
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[tokio::test]
 async fn accepts_every_xsolla_example_payload() {
     let s = setup(&[]).await;
@@ -349,6 +393,27 @@ async fn enforces_the_ip_allowlist_behind_trusted_proxies() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
 
+/// A proxy that adds its own `X-Forwarded-For` line keeps the client's line too: the
+/// client's claim comes first, the proxy's observation last. Both lines count, in order.
+#[tokio::test]
+async fn reads_every_forwarded_for_line_so_a_second_line_cannot_bypass_the_allowlist() {
+    let s = setup(&["--ip-allowlist", "xsolla", "--trusted-proxies", "127.0.0.1"]).await;
+    let body = fixtures::load("order_canceled_separate");
+    let send = |lines: [&'static str; 2]| {
+        s.http
+            .post(s.ingress.url("/webhooks/xsolla"))
+            .header("authorization", authorization(&body, SECRET))
+            .header("x-forwarded-for", lines[0])
+            .header("x-forwarded-for", lines[1])
+            .body(body.clone())
+            .send()
+    };
+    let spoofed = send(["185.30.21.17", "203.0.113.5"]).await.unwrap();
+    assert_eq!(error_code(spoofed).await, (403, "INVALID_CLIENT_IP".into()));
+    let genuine = send(["203.0.113.5", "185.30.21.17"]).await.unwrap();
+    assert_eq!(genuine.status(), StatusCode::NO_CONTENT);
+}
+
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let s = setup(&["--ip-allowlist", "xsolla"]).await;
@@ -365,24 +430,29 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     assert_eq!(error_code(r).await, (403, "INVALID_CLIENT_IP".into()));
 }
 
-/// A real HTTP user API: user `1234567` exists, `down` answers 500, `slow` never in time.
+/// A real HTTP user API: user `1234567` exists, `down` answers 500, `slow` never in time;
+/// its root and its collection answer 200, as many APIs do.
 async fn user_api() -> String {
-    let app = Router::new().route(
-        "/users/{id}",
-        get(|Path(id): Path<String>| async move {
-            match id.as_str() {
-                "1234567" => {
-                    (StatusCode::OK, r#"{"user":{"id":"1234567","name":"John"}}"#).into_response()
+    let listing = || async { (StatusCode::OK, r#"{"users":[]}"#) };
+    let app = Router::new()
+        .route("/", get(listing))
+        .route("/users", get(listing))
+        .route("/users/", get(listing))
+        .route(
+            "/users/{id}",
+            get(|Path(id): Path<String>| async move {
+                match id.as_str() {
+                    "1234567" => (StatusCode::OK, r#"{"user":{"id":"1234567","name":"John"}}"#)
+                        .into_response(),
+                    "down" => (StatusCode::INTERNAL_SERVER_ERROR, "").into_response(),
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        StatusCode::OK.into_response()
+                    }
+                    _ => (StatusCode::NOT_FOUND, "").into_response(),
                 }
-                "down" => (StatusCode::INTERNAL_SERVER_ERROR, "").into_response(),
-                "slow" => {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    StatusCode::OK.into_response()
-                }
-                _ => (StatusCode::NOT_FOUND, "").into_response(),
-            }
-        }),
-    );
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "http://{}/users/{{user_id}}",
@@ -412,6 +482,15 @@ async fn validates_users_through_the_game_api() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = s.post_signed(&validation(json!("nobody"))).await;
     assert_eq!(error_code(r).await, (400, "INVALID_USER".into()));
+    // Dot segments would climb out of `/users/{user_id}` to routes that answer 200.
+    for escape in [".", ".."] {
+        let r = s.post_signed(&validation(json!(escape))).await;
+        assert_eq!(
+            error_code(r).await,
+            (400, "INVALID_USER".into()),
+            "user id {escape:?}"
+        );
+    }
     for broken in ["down", "slow"] {
         let r = s.post_signed(&validation(json!(broken))).await;
         assert!(r.headers().contains_key("retry-after"), "{broken}");
@@ -652,6 +731,15 @@ async fn bad_configuration_stops_start_up_naming_the_option() {
             "XSOLLA_PROJECTS_FILE",
         ),
         (&[("INGRESS_LISTEN", "not-an-address")], "--listen"),
+        (&[("TRUSTED_PROXIES", "0.0.0.0/0")], "--trusted-proxies"),
+        (
+            &[("TRUSTED_PROXIES", "10.0.0.0/8,::/0")],
+            "trusts every address",
+        ),
+        (&[("HEADER_READ_TIMEOUT", "soon")], "--header-read-timeout"),
+        (&[("MAX_CONNECTIONS", "0")], "--max-connections"),
+        (&[("XSOLLA_PROJECT_ID", "-1")], "--project-id"),
+        (&[("REQUEST_TIMEOUT", "5s")], "REQUEST_TIMEOUT"),
     ];
     for (env, expected) in cases {
         let mut command = tokio::process::Command::new(&binary);
@@ -668,14 +756,24 @@ async fn bad_configuration_stops_start_up_naming_the_option() {
             .expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
-        let first = stderr
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_default();
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{env:?}: one line, got {stderr}");
         assert!(
-            first.contains(expected),
-            "{env:?}: first line {first:?} should name {expected}"
+            lines[0].starts_with("ingress: ") && lines[0].contains(expected),
+            "{env:?}: {:?} should name {expected}",
+            lines[0]
         );
         assert!(!stderr.contains("hunter2"), "a password leaked: {stderr}");
     }
+    // An unknown flag too: one line, exit 2.
+    let output = tokio::process::Command::new(&binary)
+        .env_clear()
+        .arg("--no-such-option")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--no-such-option"), "{stderr}");
 }
