@@ -171,6 +171,7 @@ fn describe_worker() {
         "worker_retries_total",
         "Retries scheduled, by tier: in_process (quick retries) or the delay-tier queue's delay."
     );
+    counter!("worker_retries_total", "tier" => "in_process").increment(0);
     describe_counter!(
         "worker_dead_lettered_total",
         "Messages the worker parked in xsolla.fulfillment.dlq, by reason."
@@ -205,6 +206,7 @@ fn describe_worker() {
         "worker_inventory_auth_failures_total",
         "Inventory calls answered 401 or 403: INVENTORY_TOKEN is wrong or expired."
     );
+    counter!("worker_inventory_auth_failures_total").increment(0);
 }
 
 fn describe_order_status() {
