@@ -266,6 +266,10 @@ if not (operator.get("metadata") or {}).get("name"):
 if (operator.get("spec") or {}).get("groups") != rules.get("groups"):
     errors.append("prometheusrule.yaml: spec.groups differ from alerts.yml's groups (keep them identical)")
 
+api = yaml.safe_load(open("deploy/user-api-openapi.yaml"))
+if not str(api.get("openapi", "")).startswith("3.") or "/users/{user_id}" not in (api.get("paths") or {}):
+    errors.append("user-api-openapi.yaml: not an OpenAPI 3 document with /users/{user_id}")
+
 dashboard = json.load(open("deploy/observability/dashboard.json"))
 def walk(panels):
     for p in panels:
