@@ -162,7 +162,12 @@ impl Reporter {
         if let Some((_, channel)) = self.channel.take()
             && channel.status().connected()
         {
-            let _ = channel.close(200, "queue report done".into()).await;
+            // Bounded: a broker too slow to answer must not stall the loop.
+            let _ = tokio::time::timeout(
+                QUERY_TIMEOUT,
+                channel.close(200, "queue report done".into()),
+            )
+            .await;
         }
     }
 
