@@ -213,20 +213,30 @@ async fn declare_unrouted_queue(channel: &Channel, ttl: Duration) -> lapin::Resu
     let declared = channel
         .queue_declare(UNROUTED_QUEUE.into(), durable_queue, args)
         .await;
-    match declared {
-        Err(error) if ttl_ms.is_some() && !legacy && is_precondition_failed(&error) => {
+    let refusal = match &declared {
+        Err(error) if ttl_ms.is_some() && !legacy => precondition_failed(error),
+        _ => None,
+    };
+    match refusal {
+        // RabbitMQ's words for a queue that has no TTL at all: one declared before it existed.
+        Some(text) if text.contains("x-message-ttl") && text.contains("current is none") => {
             UNROUTED_WITHOUT_TTL.store(true, Ordering::SeqCst);
             tracing::warn!(
-                %error,
                 "{UNROUTED_QUEUE} exists without a retention limit (declared by an older \
                  version); it is kept as it is and unknown webhook types pile up in it. \
                  Bound it once per vhost with: {}",
-                unrouted_policy_command(ttl)
+                unrouted_policy_command(vhost_of(&text).as_deref(), ttl)
             );
-            Err(error)
         }
-        other => other.map(drop),
+        Some(text) if text.contains("x-message-ttl") => tracing::error!(
+            refused = text,
+            "{UNROUTED_QUEUE} has another retention: set UNROUTED_TTL the same on every \
+             process (it is fixed when the queue is first declared)"
+        ),
+        // Another argument (say a classic queue of that name): the broker's text says which.
+        Some(_) | None => {}
     }
+    declared.map(drop)
 }
 
 /// The TTL in milliseconds as RabbitMQ takes it (at most 2^32-1), `None` for no limit.
@@ -236,16 +246,38 @@ fn ttl_millis(ttl: Duration) -> Option<i64> {
 }
 
 /// The `rabbitmqctl` command that gives an existing `xsolla.unrouted` the retention
-/// `ttl` by policy (the pattern matches that one queue only).
-pub fn unrouted_policy_command(ttl: Duration) -> String {
+/// `ttl` by policy (the pattern matches that one queue only); `<vhost>` when unknown.
+pub fn unrouted_policy_command(vhost: Option<&str>, ttl: Duration) -> String {
     let ms = ttl_millis(ttl).unwrap_or(i64::from(u32::MAX));
+    let vhost = match vhost {
+        Some(v)
+            if v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c)) =>
+        {
+            v.to_owned()
+        }
+        Some(v) => format!("'{}'", v.replace('\'', r"'\''")),
+        None => "<vhost>".to_owned(),
+    };
     format!(
-        r#"rabbitmqctl set_policy -p <vhost> --apply-to queues {UNROUTED_POLICY} '^xsolla\.unrouted$' '{{"message-ttl":{ms}}}'"#
+        r#"rabbitmqctl set_policy -p {vhost} --apply-to queues {UNROUTED_POLICY} '^xsolla\.unrouted$' '{{"message-ttl":{ms}}}'"#
     )
 }
 
-fn is_precondition_failed(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 406)
+/// The broker's text of a `PRECONDITION_FAILED` (406) refusal.
+fn precondition_failed(error: &lapin::Error) -> Option<String> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) if e.get_id() == 406 => {
+            Some(e.get_message().as_str().to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// The vhost named in a refusal: `… for queue 'q' in vhost 'v': …`.
+fn vhost_of(refusal: &str) -> Option<String> {
+    let rest = refusal.split_once("in vhost '")?.1;
+    Some(rest.split_once("':")?.0.to_owned())
 }
 
 /// The order-event stream, bound to the webhook exchange for the order types so the
@@ -297,9 +329,17 @@ mod tests {
     #[test]
     fn tells_the_policy_command_for_exactly_the_unrouted_queue() {
         assert_eq!(
-            unrouted_policy_command(UNROUTED_TTL),
+            unrouted_policy_command(None, UNROUTED_TTL),
             r#"rabbitmqctl set_policy -p <vhost> --apply-to queues xsolla-unrouted-ttl '^xsolla\.unrouted$' '{"message-ttl":604800000}'"#
         );
+        let refusal = "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue \
+            'xsolla.unrouted' in vhost 'game prod': received the value '604800000' of type \
+            'long' but current is none";
+        assert_eq!(vhost_of(refusal).as_deref(), Some("game prod"));
+        assert!(
+            unrouted_policy_command(Some("game prod"), UNROUTED_TTL).contains("-p 'game prod' ")
+        );
+        assert!(unrouted_policy_command(Some("/"), UNROUTED_TTL).contains("-p / "));
         assert_eq!(ttl_millis(Duration::ZERO), None);
         assert_eq!(
             ttl_millis(Duration::from_secs(100 * 86_400)),

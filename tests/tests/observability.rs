@@ -325,7 +325,9 @@ async fn a_broker_whose_unrouted_queue_predates_the_ttl_keeps_working() {
         })
         .unwrap_or_else(|| panic!("no migration advice in the log:\n{text}"));
     assert!(
-        command.contains(r"'^xsolla\.unrouted$'") && command.contains("--apply-to queues"),
+        command.contains(r"'^xsolla\.unrouted$'")
+            && command.contains("--apply-to queues")
+            && command.contains(&format!("-p {} ", vhost.name())),
         "{command}"
     );
 }
