@@ -62,6 +62,7 @@ impl BrokerArgs {
                 payments: self.fulfil_payments,
             },
             status_retention: self.status_retention,
+            unrouted_ttl: crate::topology::UNROUTED_TTL,
         }
     }
 }

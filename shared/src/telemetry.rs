@@ -91,3 +91,201 @@ pub fn shutdown_signal() -> CancellationToken {
     });
     token
 }
+
+/// Registers every series of `binary` (`"ingress"`, `"worker"` or `"order-status"`) at
+/// start-up: `# HELP` text for each, `build_info{version}` = 1, and zero for the series
+/// whose labels are known in advance, so a dashboard shows 0 rather than "no data" and an
+/// alert on `rate()` has a series to start from. Call it before the broker session starts
+/// (it never lowers a value, so a second call from another service in the same process, as
+/// in tests, changes nothing). Unknown names get the common series only.
+pub fn describe_metrics(binary: &str) {
+    // Installs the recorder first: descriptions sent to no recorder are lost.
+    let _ = metrics_handle();
+    describe_common();
+    match binary {
+        "ingress" => describe_ingress(),
+        "worker" => describe_worker(),
+        "order-status" => describe_order_status(),
+        _ => {}
+    }
+}
+
+fn describe_common() {
+    use metrics::{Unit, describe_gauge, gauge};
+    describe_gauge!(
+        "build_info",
+        "Always 1; the `version` label is the running release."
+    );
+    gauge!("build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    describe_gauge!(
+        "amqp_connected",
+        Unit::Count,
+        "1 while this process has a healthy RabbitMQ session with the topology declared, else 0."
+    );
+    gauge!("amqp_connected").increment(0.0);
+}
+
+fn describe_ingress() {
+    use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+    describe_counter!(
+        "ingress_requests_total",
+        "Webhooks answered, by notification type (`-` before the body was read, `other` for \
+         undocumented types) and outcome (accepted, invalid_signature, invalid_parameter, \
+         too_large, forbidden_ip, invalid_user, unavailable = 503 to Xsolla)."
+    );
+    // Refusals that happen before the type is known: the ones the alerts watch.
+    for outcome in [
+        "invalid_signature",
+        "invalid_parameter",
+        "too_large",
+        "forbidden_ip",
+    ] {
+        counter!("ingress_requests_total", "type" => "-", "outcome" => outcome).increment(0);
+    }
+    describe_histogram!(
+        "ingress_publish_confirm_seconds",
+        Unit::Seconds,
+        "Time from publishing a webhook to RabbitMQ's confirm, by result (ack, nack, returned, \
+         timeout, not_connected, amqp_error)."
+    );
+    describe_gauge!(
+        "ingress_publishes_in_flight",
+        Unit::Count,
+        "Publishes awaiting a broker confirm; at MAX_IN_FLIGHT new webhooks get 503 at once."
+    );
+    gauge!("ingress_publishes_in_flight").increment(0.0);
+    // Recorded by code being added on other branches; described here so the text is ready.
+    describe_histogram!(
+        "ingress_request_duration_seconds",
+        Unit::Seconds,
+        "Time from receiving a webhook to answering it."
+    );
+    describe_counter!(
+        "ingress_signature_matches_total",
+        "Verified webhooks by the position (`slot`, 0 = first) of the secret that matched: \
+         after a rotation, slot 1 (the old secret) should fall to zero."
+    );
+}
+
+fn describe_worker() {
+    use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+    describe_counter!(
+        "worker_deliveries_total",
+        "Deliveries settled, by notification type and outcome (done, retry, dead, requeued)."
+    );
+    describe_histogram!(
+        "worker_inventory_call_seconds",
+        Unit::Seconds,
+        "Calls to the game's inventory API, by endpoint and HTTP status (or timeout, \
+         connection_error)."
+    );
+    describe_counter!(
+        "worker_retries_total",
+        "Retries scheduled, by tier: in_process (quick retries) or the delay-tier queue's delay."
+    );
+    counter!("worker_retries_total", "tier" => "in_process").increment(0);
+    describe_counter!(
+        "worker_dead_lettered_total",
+        "Messages the worker parked in xsolla.fulfillment.dlq, by reason."
+    );
+    for reason in [
+        "permanent",
+        "retry_budget_exhausted",
+        "unparsable",
+        "not_fulfilled",
+    ] {
+        counter!("worker_dead_lettered_total", "reason" => reason).increment(0);
+    }
+    describe_gauge!(
+        "worker_in_flight",
+        Unit::Count,
+        "Deliveries being processed right now (at most WORKER_CONCURRENCY)."
+    );
+    gauge!("worker_in_flight").increment(0.0);
+    describe_gauge!(
+        "amqp_queue_messages",
+        Unit::Count,
+        "Messages in each bridge queue (ready, as the broker reports them to a passive \
+         declare), refreshed every 15 s by each worker."
+    );
+    describe_gauge!(
+        "amqp_queue_consumers",
+        Unit::Count,
+        "Consumers of each bridge queue, refreshed every 15 s by each worker."
+    );
+    // Recorded by code being added on another branch.
+    describe_counter!(
+        "worker_inventory_auth_failures_total",
+        "Inventory calls answered 401 or 403: INVENTORY_TOKEN is wrong or expired."
+    );
+    counter!("worker_inventory_auth_failures_total").increment(0);
+}
+
+fn describe_order_status() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    // Recorded by the order-status binary, being built on another branch.
+    describe_gauge!(
+        "status_connections",
+        Unit::Count,
+        "Open player WebSocket connections."
+    );
+    describe_counter!(
+        "status_publications_sent_total",
+        "Order-status publications pushed to players."
+    );
+    describe_counter!(
+        "status_events_applied_total",
+        "Order events read from xsolla.order-events into the in-memory view."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_every_series_and_reports_the_build() {
+        describe_metrics("ingress");
+        describe_metrics("worker");
+        let text = metrics_handle().render();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!("build_info{{version=\"{version}\"}} 1")),
+            "{text}"
+        );
+        for name in [
+            "build_info",
+            "amqp_connected",
+            "ingress_requests_total",
+            "ingress_publishes_in_flight",
+            "worker_dead_lettered_total",
+            "worker_in_flight",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}:\n{text}"
+            );
+        }
+        assert!(text.contains("amqp_connected 0"), "{text}");
+        assert!(
+            text.contains(r#"worker_dead_lettered_total{reason="permanent"} 0"#),
+            "{text}"
+        );
+        // Every series that has a sample has its HELP line.
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# HELP {base} "))
+                    || text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP:\n{text}"
+            );
+        }
+    }
+}

@@ -9,7 +9,10 @@
 //!                                                                              └─► xsolla.fulfillment.dlq (quorum)
 //! ```
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use lapin::{
     Channel, ExchangeKind,
@@ -43,6 +46,15 @@ pub const WORK_QUEUE_DELIVERY_LIMIT: i64 = 20;
 /// dead-letter target), so the DLQ states a limit no operator will ever reach.
 pub const DLQ_DELIVERY_LIMIT: i64 = 1_000_000;
 
+/// How long `xsolla.unrouted` keeps a message (`UNROUTED_TTL`): a week to notice and look at
+/// an unexpected type, while a type nobody fulfils (say `payment` in separate delivery mode)
+/// cannot grow the queue until the broker's disk alarm stops every publish.
+pub const UNROUTED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The policy name the start-up warning tells operators to use for an unrouted queue that
+/// was declared without a retention limit.
+pub const UNROUTED_POLICY: &str = "xsolla-unrouted-ttl";
+
 /// What to declare besides the fixed parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -52,6 +64,9 @@ pub struct Topology {
     pub mode: FulfilmentMode,
     /// How long the order-event stream keeps events (`x-max-age`, `STATUS_RETENTION`).
     pub status_retention: Duration,
+    /// How long `xsolla.unrouted` keeps a message (`x-message-ttl`, `UNROUTED_TTL`); zero
+    /// means no limit. Applies when the queue is first declared, see [`declare`].
+    pub unrouted_ttl: Duration,
 }
 
 impl Default for Topology {
@@ -60,6 +75,7 @@ impl Default for Topology {
             retry_delays: default_retry_delays(),
             mode: FulfilmentMode::default(),
             status_retention: order_events::DEFAULT_RETENTION,
+            unrouted_ttl: UNROUTED_TTL,
         }
     }
 }
@@ -110,6 +126,12 @@ fn dead_letter_to(target: &str) -> [(&'static str, AMQPValue); 4] {
 
 /// Declares everything. Idempotent; fails with `PRECONDITION_FAILED` if a queue already
 /// exists with other arguments (for instance, a classic queue of the same name).
+///
+/// One exception is tolerated: an `xsolla.unrouted` declared by a version without
+/// [`Topology::unrouted_ttl`]. The first declaration in the process then fails (the broker
+/// closes the channel, and a `Channel` cannot open another), the process remembers it and
+/// logs the one command that bounds the queue by policy, and every later declaration, i.e.
+/// the supervisor's reconnect about 100 ms later, declares the queue as it is.
 pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -127,9 +149,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_declare(UNROUTED_QUEUE.into(), durable_queue, quorum_args(&[]))
-        .await?;
+    declare_unrouted_queue(channel, topology.unrouted_ttl).await?;
     bind(channel, UNROUTED_QUEUE, UNROUTED_EXCHANGE, "").await?;
 
     let mut exchange_args = FieldTable::default();
@@ -170,6 +190,94 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
             .await?;
     }
     declare_order_events(channel, topology.status_retention).await
+}
+
+/// Set once a broker refused `x-message-ttl` on `xsolla.unrouted` (the queue predates it).
+/// Process-wide because the retry that must see it runs on a new connection; a process
+/// talks to one vhost, whose queue does not change arguments while the process runs.
+static UNROUTED_WITHOUT_TTL: AtomicBool = AtomicBool::new(false);
+
+/// `x-message-ttl` on a quorum queue needs RabbitMQ >= 3.10.
+/// <https://www.rabbitmq.com/docs/ttl#per-queue-message-ttl>
+async fn declare_unrouted_queue(channel: &Channel, ttl: Duration) -> lapin::Result<()> {
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let legacy = UNROUTED_WITHOUT_TTL.load(Ordering::SeqCst);
+    let ttl_ms = ttl_millis(ttl);
+    let args = match ttl_ms {
+        Some(ms) if !legacy => quorum_args(&[("x-message-ttl", AMQPValue::LongLongInt(ms))]),
+        _ => quorum_args(&[]),
+    };
+    let declared = channel
+        .queue_declare(UNROUTED_QUEUE.into(), durable_queue, args)
+        .await;
+    let refusal = match &declared {
+        Err(error) if ttl_ms.is_some() && !legacy => precondition_failed(error),
+        _ => None,
+    };
+    match refusal {
+        // RabbitMQ's words for a queue that has no TTL at all: one declared before it existed.
+        Some(text) if text.contains("x-message-ttl") && text.contains("current is none") => {
+            UNROUTED_WITHOUT_TTL.store(true, Ordering::SeqCst);
+            tracing::warn!(
+                "{UNROUTED_QUEUE} exists without a retention limit (declared by an older \
+                 version); it is kept as it is and unknown webhook types pile up in it. \
+                 Bound it once per vhost with: {}",
+                unrouted_policy_command(vhost_of(&text).as_deref(), ttl)
+            );
+        }
+        Some(text) if text.contains("x-message-ttl") => tracing::error!(
+            refused = text,
+            "{UNROUTED_QUEUE} has another retention: set UNROUTED_TTL the same on every \
+             process (it is fixed when the queue is first declared)"
+        ),
+        // Another argument (say a classic queue of that name): the broker's text says which.
+        Some(_) | None => {}
+    }
+    declared.map(drop)
+}
+
+/// The TTL in milliseconds as RabbitMQ takes it (at most 2^32-1), `None` for no limit.
+fn ttl_millis(ttl: Duration) -> Option<i64> {
+    (!ttl.is_zero())
+        .then(|| i64::try_from(ttl.as_millis().min(u128::from(u32::MAX))).unwrap_or(i64::MAX))
+}
+
+/// The `rabbitmqctl` command that gives an existing `xsolla.unrouted` the retention
+/// `ttl` by policy (the pattern matches that one queue only); `<vhost>` when unknown.
+pub fn unrouted_policy_command(vhost: Option<&str>, ttl: Duration) -> String {
+    let ms = ttl_millis(ttl).unwrap_or(i64::from(u32::MAX));
+    let vhost = match vhost {
+        Some(v)
+            if v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c)) =>
+        {
+            v.to_owned()
+        }
+        Some(v) => format!("'{}'", v.replace('\'', r"'\''")),
+        None => "<vhost>".to_owned(),
+    };
+    format!(
+        r#"rabbitmqctl set_policy -p {vhost} --apply-to queues {UNROUTED_POLICY} '^xsolla\.unrouted$' '{{"message-ttl":{ms}}}'"#
+    )
+}
+
+/// The broker's text of a `PRECONDITION_FAILED` (406) refusal.
+fn precondition_failed(error: &lapin::Error) -> Option<String> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) if e.get_id() == 406 => {
+            Some(e.get_message().as_str().to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// The vhost named in a refusal: `… for queue 'q' in vhost 'v': …`.
+fn vhost_of(refusal: &str) -> Option<String> {
+    let rest = refusal.split_once("in vhost '")?.1;
+    Some(rest.split_once("':")?.0.to_owned())
 }
 
 /// The order-event stream, bound to the webhook exchange for the order types so the
@@ -217,6 +325,27 @@ async fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_the_policy_command_for_exactly_the_unrouted_queue() {
+        assert_eq!(
+            unrouted_policy_command(None, UNROUTED_TTL),
+            r#"rabbitmqctl set_policy -p <vhost> --apply-to queues xsolla-unrouted-ttl '^xsolla\.unrouted$' '{"message-ttl":604800000}'"#
+        );
+        let refusal = "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue \
+            'xsolla.unrouted' in vhost 'game prod': received the value '604800000' of type \
+            'long' but current is none";
+        assert_eq!(vhost_of(refusal).as_deref(), Some("game prod"));
+        assert!(
+            unrouted_policy_command(Some("game prod"), UNROUTED_TTL).contains("-p 'game prod' ")
+        );
+        assert!(unrouted_policy_command(Some("/"), UNROUTED_TTL).contains("-p / "));
+        assert_eq!(ttl_millis(Duration::ZERO), None);
+        assert_eq!(
+            ttl_millis(Duration::from_secs(100 * 86_400)),
+            Some(i64::from(u32::MAX))
+        );
+    }
 
     #[test]
     fn names_retry_tiers_by_their_delay() {

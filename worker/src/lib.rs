@@ -2,6 +2,7 @@
 //! inventory API, retries through the delay tiers and parks what cannot succeed in the DLQ;
 //! plus the `worker dlq` operator commands.
 
+pub mod backlog;
 pub mod classify;
 pub mod config;
 pub mod consume;
@@ -62,6 +63,13 @@ pub async fn run(
         args.broker.amqp_url.clone(),
         name,
         topology.clone(),
+        session_stop.clone(),
+    );
+    // Queue depths as metrics (amqp_queue_messages/consumers); ends with the session.
+    backlog::spawn(
+        link.clone(),
+        &topology,
+        backlog::INTERVAL,
         session_stop.clone(),
     );
 
