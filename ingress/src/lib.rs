@@ -56,6 +56,7 @@ pub async fn run_checked(
             "USER_CHECK_URL is not set: every user_validation is answered 204 (user exists)"
         );
     }
+    telemetry::describe_metrics("ingress");
     let metrics = telemetry::metrics_handle();
     let broker_stop = CancellationToken::new();
     let (link, supervisor) = amqp::supervise(

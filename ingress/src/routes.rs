@@ -95,7 +95,9 @@ fn finish(kind: &str, started: Instant, result: Result<Response, ApiError>) -> R
     };
     metrics::counter!("ingress_requests_total", "type" => type_label(kind), "outcome" => outcome)
         .increment(1);
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::histogram!("ingress_request_duration_seconds", "outcome" => outcome).record(elapsed);
+    let elapsed_ms = (elapsed * 1_000_000.0).round() / 1000.0;
     match result {
         Ok(response) => {
             tracing::info!(

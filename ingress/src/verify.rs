@@ -84,7 +84,9 @@ impl Verifier {
         if secrets.is_empty() {
             self.warn_unconfigured(project_id);
         }
-        signature::verify(header, &body, secrets)?;
+        let slot = signature::verify(header, &body, secrets)?;
+        metrics::counter!("ingress_signature_matches_total", "slot" => slot_label(slot))
+            .increment(1);
         let summary =
             webhook::summarize(&body).map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
         if let (Some(route), Some(body_project)) = (project_id, summary.project_id)
@@ -166,4 +168,16 @@ async fn read_body(
             ApiError::InvalidParameter(format!("cannot read body: {e}"))
         }
     })
+}
+
+/// The `slot` label: the secret's position, bounded (a list longer than a rotation needs
+/// shares one label beyond the fourth).
+fn slot_label(slot: usize) -> &'static str {
+    match slot {
+        0 => "0",
+        1 => "1",
+        2 => "2",
+        3 => "3",
+        _ => "4+",
+    }
 }

@@ -44,6 +44,11 @@ pub struct BrokerArgs {
     #[arg(long, env = "STATUS_RETENTION", default_value = "7days", value_parser = parse_duration)]
     pub status_retention: Duration,
 
+    /// How long `xsolla.unrouted` keeps a webhook of a type nobody fulfils (`x-message-ttl`).
+    /// Set it the same on every process: it is fixed when the queue is first declared.
+    #[arg(long, env = "UNROUTED_TTL", default_value = "7days", value_parser = parse_duration)]
+    pub unrouted_ttl: Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -62,7 +67,7 @@ impl BrokerArgs {
                 payments: self.fulfil_payments,
             },
             status_retention: self.status_retention,
-            unrouted_ttl: crate::topology::UNROUTED_TTL,
+            unrouted_ttl: self.unrouted_ttl,
         }
     }
 }

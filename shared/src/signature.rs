@@ -4,7 +4,7 @@
 //! HMAC); see `reference/xsolla-webhooks.md` §1. The bytes are hashed exactly as received.
 
 use sha1::{Digest, Sha1};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// Why a signature was refused. The messages never contain a secret or the expected value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,19 +56,25 @@ pub fn parse_header(value: &str) -> Result<[u8; 20], SignatureError> {
 /// Verifies `header` (the `Authorization` value, if any) over `body` against every secret.
 ///
 /// Every secret is checked, in constant time, even after a match, so the time taken does
-/// not reveal which secret (old or new during a rotation) matched.
+/// not reveal which secret (old or new during a rotation) matched. Returns the position of
+/// the first matching secret (0 = the first listed), for `ingress_signature_matches_total`.
 pub fn verify<S: AsRef<str>>(
     header: Option<&str>,
     body: &[u8],
     secrets: &[S],
-) -> Result<(), SignatureError> {
+) -> Result<usize, SignatureError> {
     let given = parse_header(header.ok_or(SignatureError::Missing)?)?;
+    // Every secret is tried, and the matching slot chosen without a branch on secret data,
+    // so the time taken says nothing about which secret (if any) matched.
     let mut matched = subtle::Choice::from(0u8);
-    for secret in secrets {
-        matched |= digest(body, secret.as_ref().as_bytes()).ct_eq(&given);
+    let mut slot = 0u64;
+    for (i, secret) in secrets.iter().enumerate() {
+        let this = digest(body, secret.as_ref().as_bytes()).ct_eq(&given);
+        slot = u64::conditional_select(&slot, &(i as u64), this & !matched);
+        matched |= this;
     }
     if bool::from(matched) {
-        Ok(())
+        Ok(slot as usize)
     } else {
         Err(SignatureError::Mismatch)
     }
@@ -91,7 +97,16 @@ mod tests {
     fn accepts_any_of_several_secrets() {
         let body = br#"{"notification_type":"order_paid"}"#;
         let header = authorization_header(body, "new");
-        assert_eq!(verify(Some(&header), body, &["old", "new"]), Ok(()));
+        assert_eq!(
+            verify(Some(&header), body, &["old", "new"]),
+            Ok(1),
+            "the second secret matched"
+        );
+        assert_eq!(
+            verify(Some(&header), body, &["new", "new"]),
+            Ok(0),
+            "the first match wins"
+        );
         assert_eq!(
             verify(Some(&header), body, &["old"]),
             Err(SignatureError::Mismatch)

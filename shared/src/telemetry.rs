@@ -129,7 +129,7 @@ fn describe_ingress() {
     use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
     describe_counter!(
         "ingress_requests_total",
-        "Webhooks answered, by notification type (`-` before the body was read, `other` for \
+        "Webhooks answered, by notification type (`unverified` before the signature was checked, `other` for \
          undocumented types) and outcome (accepted, invalid_signature, invalid_parameter, \
          too_large, forbidden_ip, invalid_user, unavailable = 503 to Xsolla)."
     );
@@ -140,7 +140,8 @@ fn describe_ingress() {
         "too_large",
         "forbidden_ip",
     ] {
-        counter!("ingress_requests_total", "type" => "-", "outcome" => outcome).increment(0);
+        counter!("ingress_requests_total", "type" => "unverified", "outcome" => outcome)
+            .increment(0);
     }
     describe_histogram!(
         "ingress_publish_confirm_seconds",
@@ -154,11 +155,11 @@ fn describe_ingress() {
         "Publishes awaiting a broker confirm; at MAX_IN_FLIGHT new webhooks get 503 at once."
     );
     gauge!("ingress_publishes_in_flight").increment(0.0);
-    // Recorded by code being added on other branches; described here so the text is ready.
     describe_histogram!(
         "ingress_request_duration_seconds",
         Unit::Seconds,
-        "Time from receiving a webhook to answering it."
+        "Time from receiving a webhook's head to its answer, by outcome (as in \
+         ingress_requests_total): what Xsolla waits for."
     );
     describe_counter!(
         "ingress_signature_matches_total",

@@ -598,9 +598,13 @@ async fn answers_503_while_the_broker_is_away_and_204_once_it_is_back() {
 
 #[tokio::test]
 async fn exposes_metrics_for_requests_and_publish_confirms() {
-    let s = setup(&[]).await;
+    // A second secret, as during a rotation: webhooks signed with it count under slot 1.
+    let s = setup(&["--webhook-secret", "the-old-secret"]).await;
     let body = fixtures::load("order_paid_separate");
     assert_eq!(s.post_signed(&body).await.status(), StatusCode::NO_CONTENT);
+    let old = authorization(&body, "the-old-secret");
+    let answer = s.post("/webhooks/xsolla", &body, Some(&old)).await;
+    assert_eq!(answer.status(), StatusCode::NO_CONTENT);
     let _ = s.post("/webhooks/xsolla", &body, None).await;
     let metrics = reqwest::get(s.ingress.url("/metrics"))
         .await
@@ -613,6 +617,12 @@ async fn exposes_metrics_for_requests_and_publish_confirms() {
         "ingress_requests_total{type=\"unverified\",outcome=\"invalid_signature\"}",
         "ingress_publish_confirm_seconds_bucket",
         "ingress_publishes_in_flight",
+        "ingress_request_duration_seconds_bucket{outcome=\"accepted\"",
+        "ingress_request_duration_seconds_count{outcome=\"invalid_signature\"}",
+        "ingress_signature_matches_total{slot=\"0\"} 1",
+        "ingress_signature_matches_total{slot=\"1\"} 1",
+        "# HELP ingress_requests_total",
+        "build_info{version=",
     ] {
         assert!(
             metrics.contains(expected),

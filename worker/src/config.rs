@@ -69,6 +69,7 @@ impl WorkerArgs {
                 fulfil_payments: false,
                 publish_timeout: Duration::from_secs(5),
                 status_retention: shared::order_events::DEFAULT_RETENTION,
+                unrouted_ttl: shared::topology::UNROUTED_TTL,
                 log_format: LogFormat::Text,
             },
             inventory_url: Some(inventory_url),

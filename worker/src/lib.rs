@@ -37,6 +37,7 @@ pub async fn run(
     args: WorkerArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    shared::telemetry::describe_metrics("worker");
     let inventory_url = args.require_inventory_url().map_err(anyhow::Error::msg)?;
     let inventory = InventoryClient::new(
         inventory_url,

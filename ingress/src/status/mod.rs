@@ -75,6 +75,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let verifier = auth::Verifier::from_args(&args).map_err(anyhow::Error::msg)?;
+    telemetry::describe_metrics("order-status");
     let metrics = telemetry::metrics_handle();
     register_metrics();
     let broker_stop = CancellationToken::new();
