@@ -270,7 +270,13 @@ async fn bare_relay_answers_204_per_confirmed_message_and_503_when_returned() {
         .await
         .unwrap();
 
-    for queue in [WORK_QUEUE, shared::topology::UNROUTED_QUEUE] {
+    // Every queue an order_paid reaches: the work queue, the order-event stream, and the
+    // alternate exchange's queue that would catch it otherwise.
+    for queue in [
+        WORK_QUEUE,
+        shared::order_events::STREAM,
+        shared::topology::UNROUTED_QUEUE,
+    ] {
         vhost.delete_queue(queue).await.unwrap();
     }
     let refused = lean::run(&target, &template, SECRET, &plan).await;
