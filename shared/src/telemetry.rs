@@ -25,12 +25,18 @@ pub const DEFAULT_LOG_FILTER: &str = "info,lapin=off";
 /// `Debug` at TRACE ("Connecting."), password in clear.
 const NEVER_TRACE: &str = "amq_protocol_tcp=debug";
 
+/// Applied whatever `RUST_LOG` says: lapin logs every returned (unroutable) message at WARN
+/// with its properties and whole body, i.e. a webhook with the player's e-mail address.
+/// Our publisher reports the return itself, without the body.
+const NEVER_RETURNED_BODIES: &str = "lapin::returned_messages=off";
+
 /// Installs the global tracing subscriber; `RUST_LOG` filters (default [`DEFAULT_LOG_FILTER`]).
 /// Safe to call more than once (later calls do nothing), which tests rely on.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER))
-        .add_directive(NEVER_TRACE.parse().expect("static directive"));
+        .add_directive(NEVER_TRACE.parse().expect("static directive"))
+        .add_directive(NEVER_RETURNED_BODIES.parse().expect("static directive"));
     // Colour codes only for a terminal: formatting them for a log file costs CPU per line.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
