@@ -25,6 +25,7 @@ use shared::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    order::Recorder,
     outcome::{Settled, requeue, settle},
     process::{Context, Message, process},
 };
@@ -56,6 +57,7 @@ pub async fn consume(
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
+    let recorder = Arc::new(Recorder::new(ctx.mode, options.topology.clone()));
     let resubscribe_backoff = shared::amqp::reconnect_backoff;
     let mut backoff = resubscribe_backoff();
     let mut draining: Option<Channel> = None;
@@ -85,7 +87,7 @@ pub async fn consume(
             "consuming"
         );
         let stopped = run_consumer(
-            &channel, consumer, &link, &ctx, &options, &tracker, &shutdown,
+            &channel, consumer, &link, &ctx, &recorder, &options, &tracker, &shutdown,
         )
         .await;
         consuming.store(false, Ordering::SeqCst);
@@ -133,6 +135,7 @@ async fn run_consumer(
     mut consumer: Consumer,
     link: &Link,
     ctx: &Arc<Context>,
+    recorder: &Arc<Recorder>,
     options: &ConsumeOptions,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
@@ -154,7 +157,7 @@ async fn run_consumer(
         match next {
             Some(Ok(delivery)) => {
                 let (ctx, link, timeout) = (ctx.clone(), link.clone(), options.publish_timeout);
-                tracker.spawn(handle(ctx, link, timeout, delivery));
+                tracker.spawn(handle(ctx, recorder.clone(), link, timeout, delivery));
             }
             Some(Err(error)) => {
                 tracing::warn!(%error, "consumer error");
@@ -169,7 +172,13 @@ async fn run_consumer(
 }
 
 /// One delivery, start to finish.
-async fn handle(ctx: Arc<Context>, link: Link, publish_timeout: Duration, delivery: Delivery) {
+async fn handle(
+    ctx: Arc<Context>,
+    recorder: Arc<Recorder>,
+    link: Link,
+    publish_timeout: Duration,
+    delivery: Delivery,
+) {
     let in_flight = metrics::gauge!("worker_in_flight");
     in_flight.increment(1.0);
     let message = Message::from(&delivery);
@@ -181,7 +190,7 @@ async fn handle(ctx: Arc<Context>, link: Link, publish_timeout: Duration, delive
         .catch_unwind()
         .await
     {
-        Ok(outcome) => match settle(&link, publish_timeout, &delivery, &outcome).await {
+        Ok(outcome) => match settle(&link, publish_timeout, &delivery, &outcome, &recorder).await {
             Settled::Acked => outcome.label(),
             Settled::Requeued | Settled::Abandoned => "requeued",
         },
