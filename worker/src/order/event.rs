@@ -46,7 +46,20 @@ pub fn for_outcome(
         .and_then(|h| h.get_int(header::PROJECT_ID))
         .and_then(|p| u64::try_from(p).ok());
     let subject = subject(mode, &delivery.data)?;
-    Some(event(subject, route_project, outcome, dlq_id))
+    let mut e = event(subject, route_project, outcome, dlq_id);
+    if let Outcome::Done = outcome {
+        // Retry and Dead carry their attempt; a Done's is this delivery's.
+        let prior = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.get_int(header::ATTEMPTS))
+            .unwrap_or(0);
+        e.attempt = u32::try_from(prior.max(0))
+            .ok()
+            .map(|p| p.saturating_add(1));
+    }
+    Some(e)
 }
 
 fn subject(mode: FulfilmentMode, body: &[u8]) -> Option<Subject> {
