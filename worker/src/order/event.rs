@@ -1,5 +1,6 @@
 //! The order event a settled delivery stands for: `granted`/`revoked` after a Done,
-//! `attempt_failed` with each Retry, `dead_lettered` with each Dead.
+//! `attempt_failed` with each Retry, `dead_lettered` with each Dead; and `replayed` for a
+//! message `worker dlq replay` puts back.
 //!
 //! Only orders get events: the stream and both readers of it are keyed by order id, so a
 //! fulfilment that names no order (payments mode: a `payment`/`refund` without `order.id`)
@@ -16,7 +17,7 @@ use shared::{
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::{classify::truncate, outcome::LAST_ERROR_MAX, process::Outcome};
+use crate::{classify::truncate, dlq::DeadLetter, outcome::LAST_ERROR_MAX, process::Outcome};
 
 /// Who and what the delivery is about, read again from the body (process.rs keeps its
 /// `Fulfilment` to itself; reading a small body twice costs microseconds).
@@ -59,6 +60,27 @@ pub fn for_outcome(
             .ok()
             .map(|p| p.saturating_add(1));
     }
+    Some(e)
+}
+
+/// The `replayed` event of a message `worker dlq replay` put back (attempts reset), or
+/// `None` when it names no order.
+pub fn replayed(letter: &DeadLetter) -> Option<OrderEvent> {
+    let route_project = letter
+        .headers()
+        .get_int(header::PROJECT_ID)
+        .and_then(|p| u64::try_from(p).ok());
+    let s = subject(FulfilmentMode { payments: true }, &letter.body)?;
+    let mut e = OrderEvent::new(
+        EventKind::Replayed,
+        route_project.or(s.project_id),
+        &s.order_id,
+        &s.user_id,
+    );
+    e.effect = Some(s.effect);
+    e.dlq_id = Some(letter.id.clone());
+    e.items = s.items;
+    e.sandbox = s.sandbox;
     Some(e)
 }
 
