@@ -113,13 +113,15 @@ impl StreamConnection {
             }
             match order_events::decode_delivery(&delivery) {
                 StreamMessage::Marker(t) if t == token => break,
-                StreamMessage::Event(event) if order_ids.contains(&event.order_id) => {
-                    if event.at_time().is_none_or(|at| at >= since) {
-                        found
-                            .entry(event.order_id.clone())
-                            .or_default()
-                            .push(*event);
-                    }
+                // Chunk precision: a few older events come too.
+                StreamMessage::Event(event)
+                    if order_ids.contains(&event.order_id)
+                        && event.at_time().is_none_or(|at| at >= since) =>
+                {
+                    found
+                        .entry(event.order_id.clone())
+                        .or_default()
+                        .push(*event);
                 }
                 _ => {}
             }

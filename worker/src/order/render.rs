@@ -56,12 +56,7 @@ pub fn timeline_text(t: &Timeline) -> String {
         .unwrap_or(0);
     for e in &t.events {
         let detail = detail(e);
-        let line = format!(
-            "  {}  {:width$}  {}",
-            printable(&e.at),
-            e.kind.as_str(),
-            detail
-        );
+        let line = format!("  {}  {:width$}  {}", when(&e.at), e.kind.as_str(), detail);
         out.push_str(line.trim_end());
         out.push('\n');
     }
@@ -91,17 +86,21 @@ fn detail(e: &OrderEvent) -> String {
                 (None, None) => None,
             };
             parts.extend(step);
-            if let Some(status) = e.http_status {
-                parts.push(format!("HTTP {status}"));
-            }
-            if let Some(error) = &e.error {
-                parts.push(printable(error));
+            // The worker's error texts already start with the status when there is one.
+            match (e.http_status, &e.error) {
+                (Some(status), Some(error)) if error.starts_with(&format!("HTTP {status}")) => {
+                    parts.push(printable(error));
+                }
+                (status, error) => {
+                    parts.extend(status.map(|s| format!("HTTP {s}")));
+                    parts.extend(error.as_deref().map(printable));
+                }
             }
             if let Some(reason) = &e.reason {
                 parts.push(format!("reason {}", printable(reason)));
             }
             if let Some(next) = &e.next_retry_at {
-                parts.push(format!("next retry {}", printable(next)));
+                parts.push(format!("next retry {}", when(next)));
             }
             if let Some(id) = &e.dlq_id {
                 parts.push(format!("dlq id {}", printable(id)));
@@ -109,6 +108,17 @@ fn detail(e: &OrderEvent) -> String {
         }
     }
     parts.join(" · ")
+}
+
+/// An RFC 3339 time as the text output shows it: UTC, milliseconds, so the column lines
+/// up; anything else as it came (escaped).
+fn when(at: &str) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    shared::envelope::parse_time(at)
+        .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&format).ok())
+        .unwrap_or_else(|| printable(at))
 }
 
 /// `s` with control characters (C0, DEL, C1) and bidi controls written as `\u{…}`
@@ -146,10 +156,10 @@ mod tests {
         failed.effect = Some(Effect::Grant);
         failed.attempt = Some(1);
         failed.http_status = Some(503);
-        failed.error = Some("down\u{1b}[31m for maintenance".into());
+        failed.error = Some("HTTP 503: down\u{1b}[31m for maintenance".into());
         failed.next_retry_at = Some("2026-12-01T10:00:11Z".into());
         let mut granted = OrderEvent::new(EventKind::Granted, Some(18404), "571134", "u1");
-        granted.at = "2026-12-01T10:00:12Z".into();
+        granted.at = "2026-12-01T10:00:12.25+00:00".into();
         granted.effect = Some(Effect::Grant);
         granted.attempt = Some(2);
         Timeline::new("571134", vec![accepted, failed, granted]).unwrap()
@@ -161,9 +171,9 @@ mod tests {
         assert_eq!(
             text,
             "order 571134  project 18404  user u1\n\
-             \x20 2026-12-01T10:00:00Z  accepted        gold ×100\n\
-             \x20 2026-12-01T10:00:01Z  attempt_failed  grant attempt 1 · HTTP 503 · down\\u{1b}[31m for maintenance · next retry 2026-12-01T10:00:11Z\n\
-             \x20 2026-12-01T10:00:12Z  granted         grant attempt 2\n\
+             \x20 2026-12-01T10:00:00.000Z  accepted        gold ×100\n\
+             \x20 2026-12-01T10:00:01.000Z  attempt_failed  grant attempt 1 · HTTP 503: down\\u{1b}[31m for maintenance · next retry 2026-12-01T10:00:11.000Z\n\
+             \x20 2026-12-01T10:00:12.250Z  granted         grant attempt 2\n\
              now: granted (the game's inventory accepted the grant)\n"
         );
     }
