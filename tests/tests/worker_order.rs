@@ -253,3 +253,17 @@ async fn exit_codes_for_a_missing_stream_an_unreachable_broker_and_a_bad_url() {
     let no_id = order(&vhost.amqp_url(), &[]).await;
     assert_eq!(no_id.code, 2, "{}", no_id.stderr);
 }
+
+#[tokio::test]
+async fn reads_a_stream_longer_than_its_prefetch_up_to_its_own_marker() {
+    let s = setup(Faults::none()).await;
+    // 2,500 acceptances (no worker): the read must keep returning credit to get through.
+    let bodies: Vec<Vec<u8>> = (1000..3500).map(order_paid).collect();
+    s.broker.publish_webhooks(&bodies).await.unwrap();
+    let run = order(&s.vhost.amqp_url(), &["3499", "1000", "--json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let doc = run.json();
+    assert_eq!(doc[0]["order_id"], "3499");
+    assert_eq!(doc[1]["order_id"], "1000");
+    assert_eq!(kinds(&doc[0]), ["accepted"]);
+}
