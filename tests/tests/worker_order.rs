@@ -267,3 +267,68 @@ async fn reads_a_stream_longer_than_its_prefetch_up_to_its_own_marker() {
     assert_eq!(doc[1]["order_id"], "1000");
     assert_eq!(kinds(&doc[0]), ["accepted"]);
 }
+
+/// `worker dlq <args…>` against `url`.
+async fn dlq(url: &str, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(worker_binary().expect("worker binary"))
+        .arg("dlq")
+        .args(args)
+        .args(["--amqp-url", url, "--timeout", "10s"])
+        .env_clear()
+        .output()
+        .await
+        .expect("run worker dlq");
+    Run {
+        code: out.status.code().expect("exit code"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_dead_lettered_order_names_its_dlq_id_and_then_its_replay() {
+    let s = setup(Faults {
+        rejected_skus: ["com.xsolla.item_1".to_owned()].into(),
+        ..Faults::none()
+    })
+    .await;
+    let worker = RunningWorker::start(s.args.clone()).await.unwrap();
+    s.broker.publish_webhook(&order_paid(55)).await.unwrap();
+    let url = s.vhost.amqp_url();
+    let doc = wait_json(&url, "55", "dead-lettered", |d| d["now"] == "dead_lettered").await;
+    assert_eq!(kinds(&doc), ["accepted", "dead_lettered"]);
+    let dead = &doc["events"][1];
+    assert_eq!(dead["http_status"], 422);
+    let id = dead["dlq_id"].as_str().expect("a dlq id").to_owned();
+    let text = order(&url, &["55"]).await;
+    assert!(
+        text.stdout.contains(&format!("dlq id {id}")) && text.stdout.contains("reason permanent"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("now: dead_lettered"),
+        "{}",
+        text.stdout
+    );
+
+    let show = dlq(&url, &["show", &id]).await;
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    s.inventory.set_faults(Faults::none()).unwrap();
+    let replay = dlq(&url, &["replay", &id]).await;
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    let doc = wait_json(&url, "55", "granted after the replay", |d| {
+        d["now"] == "granted"
+    })
+    .await;
+    assert_eq!(
+        kinds(&doc),
+        ["accepted", "dead_lettered", "replayed", "granted"]
+    );
+    assert_eq!(doc["events"][2]["dlq_id"], id.as_str());
+    assert_eq!(
+        doc["events"][3]["attempt"], 1,
+        "a replay starts the count again"
+    );
+    worker.stop().await.unwrap();
+}
