@@ -38,7 +38,8 @@ const EVENT_FAILED_PAUSE: Duration = Duration::from_secs(1);
 pub enum Settled {
     /// Acked (after its effect, or after its republish was confirmed).
     Acked,
-    /// Handed back to the broker for redelivery (the republish failed).
+    /// Handed back to the broker for redelivery (the republish or the order event was
+    /// not confirmed).
     Requeued,
     /// The channel was gone; the broker redelivers it by itself.
     Abandoned,

@@ -27,6 +27,10 @@ use super::error::OrderError;
 const PREFETCH: u16 = 1000;
 /// Credit is returned once per this many messages (one `basic.ack multiple`).
 const ACK_EVERY: u64 = 250;
+/// The stream resolves the start time with the broker's clock, events carry their
+/// writer's: starting this much earlier (and filtering by `at`) keeps a broker clock that
+/// is behind ours from skipping events, or our own marker with a short `--since`.
+const CLOCK_MARGIN: time::Duration = time::Duration::minutes(5);
 
 /// A connection for `worker order`: a confirm-mode channel for the marker, and a plain
 /// one for the stream consumer (acks there only return credit).
@@ -63,9 +67,10 @@ impl StreamConnection {
         })
     }
 
-    /// Closes politely; errors are irrelevant at that point.
+    /// Closes politely, within the timeout; errors are irrelevant at that point.
     pub async fn close(self) {
-        let _ = self.connection.close(200, "done".into()).await;
+        let close = self.connection.close(200, "done".into());
+        let _ = tokio::time::timeout(self.timeout, close).await;
     }
 
     /// Every event that names one of `order_ids`, stored at or after `since`, in stream
@@ -89,7 +94,12 @@ impl StreamConnection {
         let mut consumer = within(
             self.timeout,
             "subscribing to the stream",
-            order_events::subscribe(&channel, StartAt::Since(since), PREFETCH, &tag),
+            order_events::subscribe(
+                &channel,
+                StartAt::Since(since - CLOCK_MARGIN),
+                PREFETCH,
+                &tag,
+            ),
         )
         .await?;
         let mut found: BTreeMap<String, Vec<OrderEvent>> = BTreeMap::new();
@@ -147,7 +157,8 @@ impl StreamConnection {
             channel.queue_declare(order_events::STREAM.into(), passive, FieldTable::default());
         match tokio::time::timeout(self.timeout, declare).await {
             Ok(Ok(_)) => {
-                let _ = channel.close(200, "checked".into()).await;
+                let close = channel.close(200, "checked".into());
+                let _ = tokio::time::timeout(self.timeout, close).await;
                 Ok(())
             }
             Ok(Err(e)) if is_not_found(&e) => Err(OrderError::StreamMissing),
