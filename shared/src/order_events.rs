@@ -158,8 +158,13 @@ impl OrderEvent {
 
     /// The acceptance an `order_paid`/`order_canceled` webhook stands for, as it sits in the
     /// stream (raw body + the ingress's headers). `None` for any other body, or one that
-    /// names no order or user: nothing to show for it.
+    /// names no order or user: nothing to show for it. `None` too for a copy `worker dlq
+    /// replay` put back on the exchange (it carries `x-replayed-at`, and the binding files
+    /// it here as well): that is no new acceptance, and its `replayed` event follows.
     pub fn from_webhook(body: &[u8], headers: Option<&FieldTable>) -> Option<OrderEvent> {
+        if headers.is_some_and(|h| h.contains_key(header::REPLAYED_AT)) {
+            return None;
+        }
         let v: Value = serde_json::from_slice(body).ok()?;
         let kind = match v.get("notification_type")?.as_str()? {
             "order_paid" => EventKind::Accepted,
@@ -377,6 +382,11 @@ mod tests {
         let cancel = OrderEvent::from_webhook(&fixture("order_canceled_separate"), None).unwrap();
         assert_eq!(cancel.kind, EventKind::CancelAccepted);
         assert!(OrderEvent::from_webhook(&fixture("payment"), None).is_none());
+        h.set_str(header::REPLAYED_AT, "2026-01-02T00:00:00Z");
+        assert!(
+            OrderEvent::from_webhook(&body, Some(&h)).is_none(),
+            "a replayed copy is no new acceptance"
+        );
         assert!(OrderEvent::from_webhook(b"not json", None).is_none());
     }
 

@@ -25,6 +25,7 @@ use shared::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    order::Recorder,
     outcome::{Settled, requeue, settle},
     process::{Context, Message, process},
 };
@@ -56,6 +57,12 @@ pub async fn consume(
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
+    let handler = Arc::new(Handler {
+        recorder: Recorder::new(ctx.mode, options.topology.clone()),
+        ctx,
+        link: link.clone(),
+        publish_timeout: options.publish_timeout,
+    });
     let resubscribe_backoff = shared::amqp::reconnect_backoff;
     let mut backoff = resubscribe_backoff();
     let mut draining: Option<Channel> = None;
@@ -84,10 +91,7 @@ pub async fn consume(
             prefetch = options.concurrency,
             "consuming"
         );
-        let stopped = run_consumer(
-            &channel, consumer, &link, &ctx, &options, &tracker, &shutdown,
-        )
-        .await;
+        let stopped = run_consumer(&channel, consumer, &handler, &tracker, &shutdown).await;
         consuming.store(false, Ordering::SeqCst);
         if stopped {
             draining = Some(channel);
@@ -131,9 +135,7 @@ async fn subscribe(
 async fn run_consumer(
     channel: &Channel,
     mut consumer: Consumer,
-    link: &Link,
-    ctx: &Arc<Context>,
-    options: &ConsumeOptions,
+    handler: &Arc<Handler>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -153,8 +155,7 @@ async fn run_consumer(
         };
         match next {
             Some(Ok(delivery)) => {
-                let (ctx, link, timeout) = (ctx.clone(), link.clone(), options.publish_timeout);
-                tracker.spawn(handle(ctx, link, timeout, delivery));
+                tracker.spawn(handle(handler.clone(), delivery));
             }
             Some(Err(error)) => {
                 tracing::warn!(%error, "consumer error");
@@ -168,20 +169,35 @@ async fn run_consumer(
     }
 }
 
+/// What every delivery's task needs.
+struct Handler {
+    ctx: Arc<Context>,
+    recorder: Recorder,
+    link: Link,
+    publish_timeout: Duration,
+}
+
 /// One delivery, start to finish.
-async fn handle(ctx: Arc<Context>, link: Link, publish_timeout: Duration, delivery: Delivery) {
+async fn handle(handler: Arc<Handler>, delivery: Delivery) {
+    let Handler {
+        ctx,
+        recorder,
+        link,
+        publish_timeout,
+    } = &*handler;
+    let publish_timeout = *publish_timeout;
     let in_flight = metrics::gauge!("worker_in_flight");
     in_flight.increment(1.0);
     let message = Message::from(&delivery);
-    let kind = type_label(&ctx, &message);
+    let kind = type_label(ctx, &message);
     // A bug must not strand the delivery unacked (and its prefetch slot taken) for the life
     // of the channel: requeue it, and the work queue's delivery limit parks it in the DLQ
     // if it keeps failing this way.
-    let label = match AssertUnwindSafe(process(&ctx, &message))
+    let label = match AssertUnwindSafe(process(ctx, &message))
         .catch_unwind()
         .await
     {
-        Ok(outcome) => match settle(&link, publish_timeout, &delivery, &outcome).await {
+        Ok(outcome) => match settle(link, publish_timeout, &delivery, &outcome, recorder).await {
             Settled::Acked => outcome.label(),
             Settled::Requeued | Settled::Abandoned => "requeued",
         },

@@ -1,6 +1,6 @@
 //! The worker: consumes `xsolla.fulfillment`, grants or revokes items through the game's
 //! inventory API, retries through the delay tiers and parks what cannot succeed in the DLQ;
-//! plus the `worker dlq` operator commands.
+//! plus the `worker dlq` and `worker order` operator commands.
 
 pub mod backlog;
 pub mod classify;
@@ -8,6 +8,7 @@ pub mod config;
 pub mod consume;
 pub mod dlq;
 pub mod inventory;
+pub mod order;
 pub mod outcome;
 pub mod process;
 pub mod retry;

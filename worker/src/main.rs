@@ -1,4 +1,5 @@
-//! `worker` (consume and fulfil) and `worker dlq …` (inspect and replay dead letters).
+//! `worker` (consume and fulfil), `worker dlq …` (inspect and replay dead letters) and
+//! `worker order …` (an order's timeline).
 
 use std::process::ExitCode;
 
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Inspect, replay and purge dead-lettered events.
     Dlq(worker::dlq::DlqArgs),
+    /// Show orders' timelines from the order-event stream, and where each stands now.
+    Order(worker::order::OrderArgs),
 }
 
 #[tokio::main]
@@ -35,6 +38,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Dlq(args)) => worker::dlq::main(args).await,
+        Some(Command::Order(args)) => worker::order::main(args).await,
         None => worker::run_main(cli.run).await,
     }
 }

@@ -1,6 +1,8 @@
-//! Carrying out an [`Outcome`]: ack, or republish to a delay tier or the DLQ with a
-//! broker confirm and only then ack. If the republish is not confirmed the delivery is
-//! requeued, never acked, so a failure at any step loses nothing.
+//! Carrying out an [`Outcome`]: publish its order event and, for a Retry or Dead, the
+//! republish to a delay tier or the DLQ, both with a broker confirm and concurrently (one
+//! round trip), and only then ack. If either is not confirmed the delivery is requeued,
+//! never acked, so a failure at any step loses nothing: the effect is idempotent and the
+//! redelivery publishes the event again.
 
 use std::time::Duration;
 
@@ -19,18 +21,25 @@ use shared::{
 
 use crate::{
     classify::truncate,
+    order::Recorder,
     process::{DeadReason, Outcome},
 };
 
 /// Longest `x-last-error` we store: enough to diagnose, small enough for a header.
 pub const LAST_ERROR_MAX: usize = 1024;
 
+/// How long a delivery whose event was not confirmed is held before it is requeued: the
+/// broker redelivers at once, and without a pause a stream that stays unreachable would
+/// run the delivery through the work queue's delivery limit (into the DLQ) in a blink.
+const EVENT_FAILED_PAUSE: Duration = Duration::from_secs(1);
+
 /// What became of a delivery, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
     /// Acked (after its effect, or after its republish was confirmed).
     Acked,
-    /// Handed back to the broker for redelivery (the republish failed).
+    /// Handed back to the broker for redelivery (the republish or the order event was
+    /// not confirmed).
     Requeued,
     /// The channel was gone; the broker redelivers it by itself.
     Abandoned,
@@ -42,9 +51,73 @@ pub async fn settle(
     publish_timeout: Duration,
     delivery: &Delivery,
     outcome: &Outcome,
+    recorder: &Recorder,
 ) -> Settled {
-    let target = match outcome {
-        Outcome::Done => return ack(delivery, publish_timeout).await,
+    // A delivery whose channel is gone will be redelivered anyway; publishing for it now
+    // would only add a second copy.
+    if !delivery.acker.usable() {
+        return Settled::Abandoned;
+    }
+    let target = republish_target(delivery, outcome);
+    // The event names the DLQ copy by the id its headers got (generated once, there).
+    let dlq_id = match outcome {
+        Outcome::Dead { .. } => target.as_ref().and_then(|(_, h)| h.get_str(header::DLQ_ID)),
+        _ => None,
+    };
+    let event = recorder.event_for(delivery, outcome, dlq_id.as_deref());
+    let (event_published, republished) = tokio::join!(
+        async {
+            match &event {
+                Some(event) => recorder.publish(link, event, publish_timeout).await,
+                None => Ok(()),
+            }
+        },
+        async {
+            match &target {
+                Some((queue, headers)) => {
+                    let properties = republished(&delivery.properties, headers.clone());
+                    publish(link, queue, &delivery.data, properties, publish_timeout).await
+                }
+                None => Ok(()),
+            }
+        }
+    );
+    if let Err(error) = republished {
+        let queue = target.as_ref().map(|(q, _)| q.as_str()).unwrap_or_default();
+        tracing::warn!(%error, queue, "republish not confirmed; requeueing the delivery");
+        link.report_error();
+        return requeue(delivery, publish_timeout).await;
+    }
+    if let Err(error) = event_published {
+        tracing::warn!(%error, kind = event.as_ref().map(|e| e.kind.as_str()), "order event not confirmed; requeueing the delivery");
+        metrics::counter!("worker_order_event_failures_total", "error" => error.kind())
+            .increment(1);
+        link.report_error();
+        tokio::time::sleep(EVENT_FAILED_PAUSE).await;
+        return requeue(delivery, publish_timeout).await;
+    }
+    match (outcome, &target) {
+        (Outcome::Retry { .. }, Some((queue, _))) => {
+            let tier = queue
+                .strip_prefix(RETRY_QUEUE_PREFIX)
+                .unwrap_or(queue)
+                .to_owned();
+            metrics::counter!("worker_retries_total", "tier" => tier).increment(1);
+        }
+        (Outcome::Dead { reason, .. }, _) => {
+            metrics::counter!("worker_dead_lettered_total", "reason" => reason.as_str())
+                .increment(1);
+        }
+        _ => {}
+    }
+    ack(delivery, publish_timeout).await
+}
+
+/// Where a Retry or Dead outcome republishes the message, with which headers.
+fn republish_target(delivery: &Delivery, outcome: &Outcome) -> Option<(String, FieldTable)> {
+    let routing_key = delivery.routing_key.as_str();
+    match outcome {
+        Outcome::Done => None,
         Outcome::Retry {
             delay,
             attempts,
@@ -53,12 +126,12 @@ pub async fn settle(
         } => {
             let headers = retry_headers(
                 headers_of(delivery),
-                delivery.routing_key.as_str(),
+                routing_key,
                 *attempts,
                 *last_status,
                 last_error,
             );
-            (retry_queue_name(*delay), headers)
+            Some((retry_queue_name(*delay), headers))
         }
         Outcome::Dead {
             reason,
@@ -68,44 +141,13 @@ pub async fn settle(
         } => {
             let headers = dead_headers(
                 headers_of(delivery),
-                delivery.routing_key.as_str(),
+                routing_key,
                 *reason,
                 *attempts,
                 *last_status,
                 last_error,
             );
-            (DLQ.to_owned(), headers)
-        }
-    };
-    // A delivery whose channel is gone will be redelivered anyway; republishing it now
-    // would only add a second copy.
-    if !delivery.acker.usable() {
-        return Settled::Abandoned;
-    }
-    let (queue, headers) = target;
-    let properties = republished(&delivery.properties, headers);
-    match publish(link, &queue, &delivery.data, properties, publish_timeout).await {
-        Ok(()) => {
-            match outcome {
-                Outcome::Retry { .. } => {
-                    let tier = queue
-                        .strip_prefix(RETRY_QUEUE_PREFIX)
-                        .unwrap_or(&queue)
-                        .to_owned();
-                    metrics::counter!("worker_retries_total", "tier" => tier).increment(1);
-                }
-                Outcome::Dead { reason, .. } => {
-                    metrics::counter!("worker_dead_lettered_total", "reason" => reason.as_str())
-                        .increment(1);
-                }
-                Outcome::Done => {}
-            }
-            ack(delivery, publish_timeout).await
-        }
-        Err(error) => {
-            tracing::warn!(%error, queue, "republish not confirmed; requeueing the delivery");
-            link.report_error();
-            requeue(delivery, publish_timeout).await
+            Some((DLQ.to_owned(), headers))
         }
     }
 }

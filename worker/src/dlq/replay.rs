@@ -140,7 +140,28 @@ async fn republish(
         id: letter.id.clone(),
         source,
     })?;
+    publish_replayed(channel, letter, timeout).await?;
     pass.ack(taken.delivery_tag).await
+}
+
+/// The order's `replayed` event, confirmed before the message leaves the DLQ (after its
+/// republish: the timeline never says "replayed" of a message still only in the DLQ). If
+/// it fails the message stays in the DLQ, and the copy already on the work exchange is a
+/// harmless duplicate. Messages that name no order have no timeline, so no event.
+async fn publish_replayed(
+    channel: &Channel,
+    letter: &DeadLetter,
+    timeout: Duration,
+) -> Result<(), DlqError> {
+    let Some(event) = crate::order::event::replayed(letter) else {
+        return Ok(());
+    };
+    shared::order_events::publish(channel, &event, timeout)
+        .await
+        .map_err(|source| DlqError::Publish {
+            id: letter.id.clone(),
+            source,
+        })
 }
 
 /// Spaces publishes evenly at `rate` per second: one token at a time, never a burst, even
