@@ -19,7 +19,7 @@ pub mod verify;
 use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
-use clap::{Parser as _, error::ErrorKind};
+use clap::Parser as _;
 use shared::{amqp, ops, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -115,7 +115,7 @@ pub async fn run_checked(
 pub async fn run_main() -> ExitCode {
     let args = match IngressArgs::try_parse() {
         Ok(args) => args,
-        Err(e) => return refuse_options(e),
+        Err(e) => return shared::config::refuse_options("ingress", e),
     };
     telemetry::init_tracing(args.broker.log_format);
     let listen = args.listen;
@@ -140,22 +140,4 @@ pub async fn run_main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `--help` and `--version` as clap prints them; any other clap error as the one line the
-/// README promises (clap's own takes three: the error, the usage, a tip), exit 2.
-fn refuse_options(e: clap::Error) -> ExitCode {
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        let _ = e.print();
-        return ExitCode::SUCCESS;
-    }
-    let rendered = e.render().to_string();
-    let first = rendered
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("invalid options");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("ingress: bad configuration: {first}");
-    ExitCode::from(2)
 }

@@ -167,6 +167,31 @@ pub fn parse_amqp_url(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Answers a clap parse failure the way the README promises: `--help`/`--version` print as
+/// usual (exit 0); any other error is one line, `<binary>: bad configuration: <what>`, exit
+/// 2 (clap's own rendering adds a blank line, the usage and a hint).
+pub fn refuse_options(binary: &str, e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return std::process::ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+    }
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid options");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("{binary}: bad configuration: {first} (see {binary} --help)");
+    std::process::ExitCode::from(2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

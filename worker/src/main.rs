@@ -35,7 +35,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return shared::config::refuse_options("worker", e),
+    };
     match cli.command {
         Some(Command::Dlq(args)) => worker::dlq::main(args).await,
         Some(Command::Order(args)) => worker::order::main(args).await,

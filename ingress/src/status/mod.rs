@@ -184,7 +184,10 @@ fn register_metrics() {
 
 /// The binary: parse options, set up telemetry, bind, serve until SIGTERM or ctrl-c.
 pub async fn run_main() -> ExitCode {
-    let args = StatusArgs::parse();
+    let args = match StatusArgs::try_parse() {
+        Ok(args) => args,
+        Err(e) => return shared::config::refuse_options("order-status", e),
+    };
     telemetry::init_tracing(args.broker.log_format);
     // The key file is read here too, so a bad one stops start-up like a missing option.
     let checked = args
