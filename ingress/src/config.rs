@@ -123,10 +123,10 @@ impl IngressArgs {
         // Past the request deadline the answer is 408 whatever the handler was doing; a
         // broker or user API slower than their own deadlines must still get its 503.
         let slowest = self.user_check_timeout.max(self.broker.publish_timeout);
-        if self.limits.request_timeout <= slowest {
+        if self.limits.timeouts.request_timeout <= slowest {
             return Err(format!(
                 "REQUEST_TIMEOUT (--request-timeout) {:?} must be longer than PUBLISH_TIMEOUT and USER_CHECK_TIMEOUT ({slowest:?})",
-                self.limits.request_timeout
+                self.limits.timeouts.request_timeout
             ));
         }
         let secrets = Secrets::load(&self.webhook_secret, self.projects_file.as_deref())?;

@@ -62,6 +62,21 @@ use crate::read_timeouts::{BUSY, ConnClock, Guarded, IDLE, UPGRADED};
 /// Limits for one listener; `#[command(flatten)]` it into a binary's options.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ServerLimits {
+    #[command(flatten)]
+    pub timeouts: HttpTimeouts,
+
+    /// Most connections open at once. At the cap the server stops accepting: further
+    /// clients wait in the kernel's listen backlog until a connection closes (the timeouts
+    /// make sure one does). Keep it below the file-descriptor limit (`ulimit -n`);
+    /// stalled uploads can hold up to this many request bodies in memory.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_connections: u32,
+}
+
+/// The per-connection timers, on their own so a binary whose connection cap follows from
+/// other options (`order-status`: its WebSocket limit) can take these alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct HttpTimeouts {
     /// Time a client has to send a complete request head (request line and headers),
     /// counted from the connection's accept or from the first byte of a later request on
     /// the same connection. Slower clients are disconnected (slowloris).
@@ -78,21 +93,22 @@ pub struct ServerLimits {
     /// the next request, before it is closed.
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+}
 
-    /// Most connections open at once. At the cap the server stops accepting: further
-    /// clients wait in the kernel's listen backlog until a connection closes (the timeouts
-    /// above make sure one does). Keep it below the file-descriptor limit (`ulimit -n`);
-    /// stalled uploads can hold up to this many request bodies in memory.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
-    pub max_connections: u32,
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        HttpTimeouts {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
-            header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
+            timeouts: HttpTimeouts::default(),
             max_connections: 512,
         }
     }
@@ -178,15 +194,15 @@ async fn serve_connection(
     let io = Guarded::new(
         stream,
         clock.clone(),
-        limits.header_read_timeout,
-        limits.idle_timeout,
+        limits.timeouts.header_read_timeout,
+        limits.timeouts.idle_timeout,
         (slot, OpenConnection::count()),
     );
     let service = ConnService {
         router,
         peer,
         clock,
-        request_timeout: limits.request_timeout,
+        request_timeout: limits.timeouts.request_timeout,
     };
     let connection = http
         .serve_connection(TokioIo::new(io), service)

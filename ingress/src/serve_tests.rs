@@ -49,9 +49,11 @@ async fn an_upgraded_connection_outlives_every_timeout() {
     }
 
     let limits = ServerLimits {
-        header_read_timeout: Duration::from_millis(200),
-        request_timeout: Duration::from_millis(200),
-        idle_timeout: Duration::from_millis(200),
+        timeouts: HttpTimeouts {
+            header_read_timeout: Duration::from_millis(200),
+            request_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(200),
+        },
         max_connections: 4,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -130,7 +132,10 @@ async fn a_slow_handler_is_answered_408_at_the_request_deadline() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let limits = ServerLimits {
-        request_timeout: Duration::from_millis(200),
+        timeouts: HttpTimeouts {
+            request_timeout: Duration::from_millis(200),
+            ..HttpTimeouts::default()
+        },
         ..ServerLimits::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

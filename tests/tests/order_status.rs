@@ -917,3 +917,72 @@ async fn connect_token_wins_and_a_public_key_verifies_rs256() {
     wait_poll_status(&status, 17001, &rs256, "paid").await;
     assert_eq!(poll(&status, PROJECT, 17001, &hs256).await.0, 401);
 }
+
+/// The HTTP side is held like the ingress's (issue 10): a client that never finishes its
+/// request head, and an idle keep-alive one, are dropped on time, while an upgraded
+/// WebSocket outlives every HTTP timer (the request deadline is far shorter than the pings
+/// it keeps receiving).
+#[tokio::test]
+async fn slow_http_clients_are_dropped_but_websockets_outlive_the_http_timers() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let s = setup().await;
+    let status = s
+        .status(&[
+            ("HEADER_READ_TIMEOUT", "500ms"),
+            ("REQUEST_TIMEOUT", "300ms"),
+            ("IDLE_TIMEOUT", "500ms"),
+            ("STATUS_PING_INTERVAL", "1s"),
+        ])
+        .await;
+    let jwt = mint_jwt(TEST_JWT_SECRET, "u-http", HOUR);
+    let mut ws = Client::open(&status).await;
+    ws.connect(&jwt, PROJECT).await;
+
+    // Slowloris: half a request head, then nothing.
+    let started = tokio::time::Instant::now();
+    let mut slow = TcpStream::connect(status.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(WITHIN, slow.read(&mut buf))
+        .await
+        .expect("closed within the deadline")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "no answer to an unfinished head");
+    assert!(
+        started.elapsed() < Duration::from_millis(3000),
+        "dropped after {:?}, expected about 500ms",
+        started.elapsed()
+    );
+
+    // Idle keep-alive: one answer, then closed after IDLE_TIMEOUT.
+    let mut idle = TcpStream::connect(status.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(WITHIN, async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle keep-alive connection is closed");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "answered first: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Meanwhile the WebSocket lives on past every timer: pings keep arriving.
+    for _ in 0..2 {
+        assert_eq!(ws.next().await, Ok(json!({})), "a server ping");
+    }
+    s.paid(9101, "u-http").await;
+    assert_eq!(pushed(&ws.reply().await).0, 9101);
+}

@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shared::config::{BrokerArgs, parse_duration};
 
+use crate::serve::{HttpTimeouts, ServerLimits};
+
 /// A secret from the command line or the environment: `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -102,7 +104,16 @@ pub struct StatusArgs {
     /// Largest WebSocket message a client may send, in bytes (Centrifugo's default read limit).
     #[arg(long, env = "STATUS_MAX_FRAME_BYTES", default_value_t = 65_536)]
     pub max_frame_bytes: usize,
+
+    /// The HTTP timers, as on the ingress (slow or idle clients before a WebSocket upgrade
+    /// or a poll). The socket cap follows from STATUS_MAX_CONNECTIONS: see [`Self::limits`].
+    #[command(flatten)]
+    pub http: HttpTimeouts,
 }
+
+/// Sockets beyond STATUS_MAX_CONNECTIONS for polls, probes and refused upgrades: a WebSocket
+/// over the limit must still be accepted to be told 3013 (retry later), not left waiting.
+pub const HTTP_HEADROOM: usize = 1024;
 
 impl StatusArgs {
     /// Checks what the clap parsers leave out; the error names the option.
@@ -128,6 +139,16 @@ impl StatusArgs {
             return Err("STATUS_MAX_FRAME_BYTES (--max-frame-bytes) must be at least 1024".into());
         }
         Ok(())
+    }
+
+    /// The listener's limits: the HTTP timers and a socket cap of every allowed WebSocket
+    /// plus [`HTTP_HEADROOM`]; past that the kernel's backlog holds new clients.
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            timeouts: self.http,
+            max_connections: u32::try_from(self.max_connections.saturating_add(HTTP_HEADROOM))
+                .unwrap_or(u32::MAX),
+        }
     }
 
     /// The origins to check, without blanks.

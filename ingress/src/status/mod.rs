@@ -66,8 +66,8 @@ pub struct App {
 /// Serves on `listener` until `shutdown`: reads the stream, answers WebSockets and polls,
 /// then closes every WebSocket with 3001 and the broker connection.
 ///
-/// Plain `axum::serve` for now; the ingress's HTTP hardening (header-read timeout, request
-/// deadline, connection cap) can replace it here without changing the signature.
+/// Served like the ingress ([`crate::serve`]): header-read, request and idle timeouts, and a
+/// socket cap, so slow or idle clients cannot hold it.
 pub async fn run(
     listener: TcpListener,
     args: StatusArgs,
@@ -126,8 +126,9 @@ pub async fn run(
         )
         .with_state(app.clone())
         .merge(ops::router(ready, metrics));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    // Upgraded WebSockets are not the server's to drain: their tasks close them with 3001
+    // on `shutdown` (tracked below); `serve` returns once the plain HTTP connections end.
+    crate::serve::serve(listener, router, &args.limits(), shutdown.clone())
         .await
         .context("HTTP server failed")?;
     app.tracker.close();
