@@ -4,7 +4,7 @@
 //! SKU the game rejects) with Xsolla's retry behaviour on a compressed clock, while in
 //! turn the broker is stopped and started, workers are SIGKILLed, the ingress is
 //! restarted (SIGTERM, then SIGKILL) and the inventory fails a share of calls and goes
-//! down for a while. Then it checks DESIGN.md's invariant: every acknowledged webhook is
+//! down for a while. Then it checks the product's invariant (`docs/design.md`): every acknowledged webhook is
 //! applied exactly once, the DLQ holds exactly the rejected orders, nothing is unrouted.
 //!
 //! Tuning (environment): `FAULT_SUITE_ORDERS` (default 2000), `FAULT_SUITE_RATE` (orders
