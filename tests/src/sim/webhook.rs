@@ -52,8 +52,8 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// Xsolla's two delivery modes (`docs/xsolla-protocol.md` §3): accounts registered after 2025-01-22 get
-/// payment data nested under `billing` in `order_paid`/`order_canceled`.
+/// Xsolla's two delivery modes (`docs/xsolla-protocol.md` §3): accounts registered after 2025-01-22
+/// get payment data nested under `billing` in `order_paid`/`order_canceled`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// One webhook per event, payment data under `billing`.
