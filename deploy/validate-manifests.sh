@@ -145,7 +145,7 @@ for (kind, name), (path, d) in objs.items():
         if not any(matches(sel, l) for l in pod_labels.values()):
             err(f"PodDisruptionBudget/{name}", "selector matches no Deployment's pods")
 
-# What the product needs (DESIGN.md: probes, two workers, secrets).
+# What the product needs (docs/design.md, "Deployment": probes, two workers, secrets).
 ing = deployments.get("xsolla-ingress")
 wrk = deployments.get("xsolla-worker")
 if not ing or not wrk:

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 pub struct CidrList(pub Vec<IpNet>);
 
 /// Xsolla's webhook source ranges, from the official PHP SDK (`WebhookAuthenticator.php`,
-/// commit 4ac9b70, 2025-10-31); see `reference/xsolla-webhooks.md` §5.
+/// commit 4ac9b70, 2025-10-31); see `docs/xsolla-protocol.md` §5.
 pub const XSOLLA_RANGES: &[&str] = &[
     "185.30.20.0/24",
     "185.30.21.0/24",

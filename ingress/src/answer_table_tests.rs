@@ -1,6 +1,7 @@
-//! DESIGN.md's answer table against the routes alone (`tower::ServiceExt::oneshot`), with a
-//! stand-in publisher: no broker, no socket. The real-broker suite (`tests/tests/ingress.rs`)
-//! keeps what only a broker can show: durability, confirms, returns.
+//! The answer table (README, "What the ingress answers") against the routes alone
+//! (`tower::ServiceExt::oneshot`), with a stand-in publisher: no broker, no socket. The real-broker
+//! suite (`tests/tests/ingress.rs`) keeps what only a broker can show: durability, confirms,
+//! returns.
 
 use std::{
     net::SocketAddr,

@@ -4,9 +4,10 @@
 //!
 //! `axum::serve` has none of these (it gives hyper no timer), so a client sending one header
 //! byte a second, or a body one byte short, or nothing at all, held a connection for ever.
-//! Shared by the binaries of this crate (`ingress`, and `order-status`, whose WebSocket
+//! Used by the `ingress` binary. Written so that `order-status` can use it too (WebSocket
 //! upgrades are left alone once upgraded: the deadlines cover reading a request and running
-//! its handler, never an upgraded connection).
+//! its handler, never an upgraded connection), but `order-status` still runs plain
+//! `axum::serve` (`ingress::status::run`) and reads none of these options.
 //!
 //! ```no_run
 //! # async fn order_status(router: axum::Router) -> std::io::Result<()> {

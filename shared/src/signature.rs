@@ -1,7 +1,7 @@
 //! Xsolla's webhook signature: `Authorization: Signature <hex(SHA-1(body ‖ secret))>`.
 //!
 //! It is a plain SHA-1 over the raw body bytes followed by the project's secret (not an
-//! HMAC); see `reference/xsolla-webhooks.md` §1. The bytes are hashed exactly as received.
+//! HMAC); see `docs/xsolla-protocol.md` §1. The bytes are hashed exactly as received.
 
 use sha1::{Digest, Sha1};
 use subtle::{ConditionallySelectable, ConstantTimeEq};

@@ -220,7 +220,7 @@ fn describe_worker() {
         Unit::Count,
         "Consumers of each bridge queue, refreshed every 15 s by each worker."
     );
-    // Recorded by code being added on another branch.
+    // Recorded by `worker::inventory` (which describes it too, for embedders).
     describe_counter!(
         "worker_inventory_auth_failures_total",
         "Inventory calls answered 401 or 403: INVENTORY_TOKEN is wrong or expired."
@@ -230,7 +230,9 @@ fn describe_worker() {
 
 fn describe_order_status() {
     use metrics::{Unit, describe_counter, describe_gauge};
-    // Recorded by the order-status binary, being built on another branch.
+    // Recorded by `ingress::status`, whose `register_metrics` then describes these again
+    // (with the `outcome` label of status_events_applied_total) and adds status_stream_offset,
+    // status_caught_up and status_catch_up_lag_seconds.
     describe_gauge!(
         "status_connections",
         Unit::Count,

@@ -1,5 +1,6 @@
-//! Xsolla's own payload examples (from `reference/xsolla-webhooks.md`), kept as files in
-//! `tests/fixtures/` and signed the way Xsolla signs them.
+//! Xsolla's own payload examples (Xsolla's docs and PHP SDK tests; sources in
+//! `docs/xsolla-protocol.md`), kept as files in `tests/fixtures/` and signed the way Xsolla signs
+//! them.
 
 use shared::signature;
 

@@ -1,11 +1,11 @@
-//! End-to-end fault suite: the real `ingress` and two real `worker` processes, a RabbitMQ
-//! node of the suite's own and the demo inventory, fed a few thousand orders by
-//! `xsolla-sim` (paid, some canceled in and out of order, some duplicated, a few with a
-//! SKU the game rejects) with Xsolla's retry behaviour on a compressed clock, while in
-//! turn the broker is stopped and started, workers are SIGKILLed, the ingress is
-//! restarted (SIGTERM, then SIGKILL) and the inventory fails a share of calls and goes
-//! down for a while. Then it checks DESIGN.md's invariant: every acknowledged webhook is
-//! applied exactly once, the DLQ holds exactly the rejected orders, nothing is unrouted.
+//! End-to-end fault suite: the real `ingress` and two real `worker` processes, a RabbitMQ node of
+//! the suite's own and the demo inventory, fed a few thousand orders by `xsolla-sim` (paid, some
+//! canceled in and out of order, some duplicated, a few with a SKU the game rejects) with Xsolla's
+//! retry behaviour on a compressed clock, while in turn the broker is stopped and started, workers
+//! are SIGKILLed, the ingress is restarted (SIGTERM, then SIGKILL) and the inventory fails a share
+//! of calls and goes down for a while. Then it checks the product's invariant (`docs/design.md`):
+//! every acknowledged webhook is applied exactly once, the DLQ holds exactly the rejected orders,
+//! nothing is unrouted.
 //!
 //! Tuning (environment): `FAULT_SUITE_ORDERS` (default 2000), `FAULT_SUITE_RATE` (orders
 //! started per second, default 50), `FAULT_SUITE_SEED` (order mix and inventory faults).

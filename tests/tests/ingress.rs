@@ -1,6 +1,6 @@
-//! The ingress against the real RabbitMQ: every row of DESIGN.md's answer table, the
-//! message it publishes, Xsolla's payload examples, secret rotation, unrouted types, and the
-//! broker going away and coming back.
+//! The ingress against the real RabbitMQ: every row of the answer table (README, "What the ingress
+//! answers"), the message it publishes, Xsolla's payload examples, secret rotation, unrouted types,
+//! and the broker going away and coming back.
 
 use std::time::Duration;
 

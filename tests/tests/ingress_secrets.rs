@@ -1,6 +1,6 @@
-//! Secrets and internal detail never leave the ingress (issue 10): not in answers, not in
-//! its logs, not in its start-up errors. Every test plants distinctive `S3CR3T-…` values
-//! and greps everything the real binary says.
+//! Secrets and internal detail never leave the ingress (`secrecy`, `ingress/src/error.rs`): not in
+//! answers, not in its logs, not in its start-up errors. Every test plants distinctive `S3CR3T-…`
+//! values and greps everything the real binary says.
 
 use std::time::Duration;
 

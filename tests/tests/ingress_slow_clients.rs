@@ -1,6 +1,6 @@
-//! Hostile clients against the running ingress (issue 10): slowloris heads, stalled bodies,
-//! idle keep-alive connections, more connections than the cap, and running out of file
-//! descriptors. Timeouts are set short so each test takes a second or two.
+//! Hostile clients against the running ingress (its own HTTP server, `ingress/src/serve.rs`):
+//! slowloris heads, stalled bodies, idle keep-alive connections, more connections than the cap, and
+//! running out of file descriptors. Timeouts are set short so each test takes a second or two.
 
 use std::{
     net::SocketAddr,

@@ -263,9 +263,10 @@ fn rank(status: &str) -> u8 {
     }
 }
 
-/// The order moved paid → done in this transcript, as a client ranking statuses shows it:
-/// `paid` first, `done` at the end, nothing else. A live push may overtake the history reply
-/// (reference §6 "Ordering"), so a `paid` after `done` is a late duplicate, not a regression.
+/// The order moved paid → done in this transcript, as a client ranking statuses shows it: `paid`
+/// first, `done` at the end, nothing else. A live push may overtake the history reply
+/// (`docs/centrifuge-protocol.md` §6, "Ordering"), so a `paid` after `done` is a late duplicate,
+/// not a regression.
 fn assert_paid_then_done(client: &Client, order: u64) {
     let seen = statuses(&client.seen, order);
     let shown: Vec<&str> = seen

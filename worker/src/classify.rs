@@ -1,5 +1,6 @@
-//! What an inventory answer means for the event: done, try again later, or give up.
-//! Pure functions, so the whole table is unit-tested (DESIGN.md, "Inventory contract").
+//! What an inventory answer means for the event: done, try again later, or give up. Pure functions,
+//! so the whole table is unit-tested (`deploy/INVENTORY_API.md`, "What your answer means to the
+//! worker").
 
 use std::time::{Duration, SystemTime};
 

@@ -34,7 +34,8 @@ pub fn register_metrics() {
 /// How much of an error answer's body we keep (logs, `x-last-error`).
 const BODY_EXCERPT: usize = 512;
 
-/// Body of `POST /grants` and `POST /revocations` (DESIGN.md, "Inventory contract").
+/// Body of `POST /grants` and `POST /revocations` (`deploy/INVENTORY_API.md`; `docs/design.md`,
+/// "Inventory contract").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InventoryRequest {
     /// Equal to the `Idempotency-Key` header.

@@ -4,7 +4,7 @@
 //! (`/api/v2/project/{project_id}/order/{order_id}`). Stateless: every instance builds the
 //! same statuses from the stream, so run as many as needed.
 //!
-//! What clients rely on (`shared/reference/centrifuge-protocol.md` is the spec):
+//! What clients rely on (`docs/centrifuge-protocol.md` says what and why):
 //! - one server-side channel per player, `orders:{project_id}:{user_id}`, announced in the
 //!   connect reply's `subs`; the user is the verified JWT's `STATUS_JWT_USER_CLAIM`, the
 //!   project `connect.data.project_id`. Offsets count from 1 per channel and instance; the

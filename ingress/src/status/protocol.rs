@@ -1,13 +1,13 @@
 //! The Centrifuge client protocol v2, JSON encoding, as far as order tracking needs it:
 //! commands parsed from one line of a text frame, replies and pushes written as one compact
-//! JSON message each (`reference/centrifuge-protocol.md` §3–§8). Pure: no sockets here.
+//! JSON message each (`docs/centrifuge-protocol.md` §3–§8). Pure: no sockets here.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::view::Publication;
 
-/// Centrifuge error codes we answer with (§8).
+/// Centrifuge error codes we answer with (`docs/centrifuge-protocol.md` §8).
 pub mod code {
     pub const UNAUTHORIZED: u32 = 101;
     pub const PERMISSION_DENIED: u32 = 103;

@@ -1,6 +1,6 @@
 //! One WebSocket conversation: `connect` first (within the timeout), then history calls,
 //! live pushes and pings until the order tracking is finished, the window elapses, the
-//! client goes silent or the server shuts down (§15 of the protocol reference).
+//! client goes silent or the server shuts down (`docs/centrifuge-protocol.md` §15).
 
 use std::{sync::Arc, time::Duration};
 
@@ -323,7 +323,7 @@ async fn command(socket: &mut WebSocket, app: &App, c: &Connected, line: &str) -
     send(socket, reply).await
 }
 
-/// The history of the client's own channel, as §6 filters it.
+/// The history of the client's own channel, as `docs/centrifuge-protocol.md` §6 filters it.
 fn history(app: &App, c: &Connected, id: u32, req: &HistoryRequest) -> String {
     if req.channel != c.channel {
         return protocol::error_reply(id, code::PERMISSION_DENIED, "permission denied");

@@ -14,7 +14,8 @@ use axum::{
 
 use super::App;
 
-/// Close codes (§8). 3000–3499: the client reconnects; 3500–3999 and 4500–4999: terminal.
+/// Close codes (`docs/centrifuge-protocol.md` §8). 3000–3499: the client reconnects; 3500–3999 and
+/// 4500–4999: terminal.
 pub mod close {
     /// SIGTERM: reconnect (to another instance) and reload history.
     pub const SHUTDOWN: (u16, &str) = (3001, "shutdown");

@@ -189,7 +189,7 @@ fn item(
 const QUOTED_MAX: usize = 40;
 
 /// A count of items: a JSON integer from 1 to `i64::MAX`, nothing else. Xsolla documents
-/// `quantity` as an int with no default (`reference/xsolla-webhooks.md` §3.4), so an absent
+/// `quantity` as an int with no default (`docs/xsolla-protocol.md` §3.4), so an absent
 /// one is as unreadable as `"50"`, `2.5`, `1e30` or `true`: each used to be granted as 1.
 fn positive_count(at: Field, value: Option<&Value>) -> Result<i64, WebhookError> {
     let refuse = |problem: String| WebhookError::BadQuantity {

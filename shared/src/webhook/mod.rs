@@ -4,7 +4,7 @@
 //! consumer can re-verify the signature. This module only *reads* it: the summary the
 //! ingress needs (type, ids for logs and the dedup id) and the fulfilment the worker needs
 //! (who gets which items for which order), from both of Xsolla's delivery modes
-//! (`reference/xsolla-webhooks.md` §3).
+//! (`docs/xsolla-protocol.md` §3).
 
 use serde_json::Value;
 use sha1::{Digest, Sha1};

@@ -1,5 +1,5 @@
 // Xsolla's order-tracking code for centrifuge-js ("Set up order tracking" guide, and
-// reference/centrifuge-protocol.md §14), run unmodified against order-status: `data` with
+// docs/centrifuge-protocol.md §14), run unmodified against order-status: `data` with
 // the player's JWT, the client-level `publication` handler, `history` on `subscribed`.
 //
 //   node track.js ws://127.0.0.1:8081/connection/websocket [deadline-ms]

@@ -1,6 +1,6 @@
 """Xsolla's order tracking with centrifuge-python, run unmodified against order-status.
 
-The Python equivalent of the guide's centrifuge-js code (reference/centrifuge-protocol.md
+The Python equivalent of the guide's centrifuge-js code (docs/centrifuge-protocol.md
 §14): `data` with the player's JWT, client-level `on_publication`, `history` on
 `on_subscribed`.
 

@@ -1,8 +1,8 @@
 //! The inventory contract's request body, parsed strictly.
 //!
-//! This is deliberately an independent reading of DESIGN.md's contract rather than a reuse
-//! of the worker's client types: if the worker drifts from the contract, the demo service
-//! answers 400 and the suites notice.
+//! This is deliberately an independent reading of the contract (`deploy/INVENTORY_API.md`) rather
+//! than a reuse of the worker's client types: if the worker drifts from the contract, the demo
+//! service answers 400 and the suites notice.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

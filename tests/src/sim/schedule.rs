@@ -1,5 +1,5 @@
 //! Xsolla's delivery policy as plain functions: which answers end a delivery and when it
-//! sends again (reference `xsolla-webhooks.md` §2 and §4).
+//! sends again (`docs/xsolla-protocol.md` §2 and §4).
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! does, speaking the Centrifuge client protocol v2 (JSON) by hand, like Xsolla's Unity and
 //! Cocos SDKs: `connect` with `data: {auth, project_id, user_external_id}`, `history` from
 //! offset 0 on each server-side channel of the connect reply, then live `push.pub`s,
-//! answering every `{}` ping with `{}` (reference/centrifuge-protocol.md §1, §4–§8).
+//! answering every `{}` ping with `{}` (`docs/centrifuge-protocol.md` §1, §4–§8).
 
 use std::time::Duration;
 

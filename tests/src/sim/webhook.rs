@@ -40,7 +40,7 @@ impl Kind {
     }
 
     /// `order_paid` and `order_canceled`, which share Xsolla's 20-send schedule and
-    /// explicit no-retry list (reference §2, §4).
+    /// explicit no-retry list (`docs/xsolla-protocol.md` §2, §4).
     pub fn is_order(self) -> bool {
         matches!(self, Kind::OrderPaid | Kind::OrderCanceled)
     }
@@ -52,8 +52,8 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// Xsolla's two delivery modes (reference §3): accounts registered after 2025-01-22 get
-/// payment data nested under `billing` in `order_paid`/`order_canceled`.
+/// Xsolla's two delivery modes (`docs/xsolla-protocol.md` §3): accounts registered after 2025-01-22
+/// get payment data nested under `billing` in `order_paid`/`order_canceled`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// One webhook per event, payment data under `billing`.
@@ -264,7 +264,7 @@ fn order(kind: Kind, o: &Overrides) -> (Value, Vec<&'static str>, String) {
     (v, paths, id)
 }
 
-/// Xsolla publishes no combined-mode `order_canceled` sample (reference §3.5,
+/// Xsolla publishes no combined-mode `order_canceled` sample (`docs/xsolla-protocol.md` §3.5,
 /// unconfirmed): we assume it is the separate one plus a `billing` block that mirrors a
 /// `refund` webhook, as `order_paid`'s mirrors a `payment`.
 fn canceled_combined() -> Value {

@@ -1,6 +1,6 @@
 //! Output of `worker order`: a timeline for people, one JSON document for `jq`.
 //!
-//! JSON (DESIGN.md, "Details that clients and operators rely on"): one object per order,
+//! JSON (README, "The operator's view: `worker order`"): one object per order,
 //! `{"order_id", "project_id", "user_id", "now", "events": [{"at", "kind", "attempt",
 //! "http_status", "error", "dlq_id"}…]}`, every field always present (`null` when unknown);
 //! several orders make an array of those objects, in the order asked.
