@@ -132,6 +132,7 @@ fn describe_common() {
 }
 
 fn describe_ingress() {
+    describe_http_server();
     use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
     describe_counter!(
         "ingress_requests_total",
@@ -176,6 +177,21 @@ fn describe_ingress() {
 
 fn describe_worker() {
     use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+    describe_counter!(
+        "worker_order_event_failures_total",
+        "Order events the broker did not confirm, by error (as ingress_publish_confirm_seconds' \
+         result); the delivery behind each was requeued, not acked."
+    );
+    for error in [
+        "not_connected",
+        "nack",
+        "returned",
+        "timeout",
+        "not_confirm_mode",
+        "amqp_error",
+    ] {
+        counter!("worker_order_event_failures_total", "error" => error).increment(0);
+    }
     describe_counter!(
         "worker_deliveries_total",
         "Deliveries settled, by notification type and outcome (done, retry, dead, requeued)."
@@ -229,23 +245,62 @@ fn describe_worker() {
 }
 
 fn describe_order_status() {
-    use metrics::{Unit, describe_counter, describe_gauge};
-    // Recorded by `ingress::status`, whose `register_metrics` then describes these again
-    // (with the `outcome` label of status_events_applied_total) and adds status_stream_offset,
-    // status_caught_up and status_catch_up_lag_seconds.
+    use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+    describe_http_server();
     describe_gauge!(
         "status_connections",
         Unit::Count,
         "Open player WebSocket connections."
     );
+    gauge!("status_connections").increment(0.0);
     describe_counter!(
         "status_publications_sent_total",
-        "Order-status publications pushed to players."
+        "Order-status publications (status changes) pushed to players."
     );
+    counter!("status_publications_sent_total").increment(0);
     describe_counter!(
         "status_events_applied_total",
-        "Order events read from xsolla.order-events into the in-memory view."
+        "Order-stream messages read into the in-memory view, by outcome (published = a \
+         status changed, unchanged, no_project, skipped)."
     );
+    for outcome in ["published", "unchanged", "no_project", "skipped"] {
+        counter!("status_events_applied_total", "outcome" => outcome).increment(0);
+    }
+    describe_gauge!(
+        "status_stream_offset",
+        "Offset of the last order-stream message read."
+    );
+    gauge!("status_stream_offset").increment(0.0);
+    describe_gauge!(
+        "status_caught_up",
+        "1 once the boot-time catch-up marker was read (then /readyz may say ready)."
+    );
+    gauge!("status_caught_up").increment(0.0);
+    describe_gauge!(
+        "status_catch_up_lag_seconds",
+        Unit::Seconds,
+        "Age of the last order event read (large while catching up, 0 once caught up)."
+    );
+    gauge!("status_catch_up_lag_seconds").increment(0.0);
+}
+
+/// The series of `ingress::serve`, the HTTP server of the ingress and of order-status.
+fn describe_http_server() {
+    use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+    describe_gauge!(
+        "http_connections_open",
+        Unit::Count,
+        "Open client connections (WebSockets included), at most the server's cap."
+    );
+    gauge!("http_connections_open").increment(0.0);
+    describe_counter!(
+        "http_connections_timed_out_total",
+        "Connections closed by a timer, by phase (header = HEADER_READ_TIMEOUT, idle = \
+         IDLE_TIMEOUT, request = REQUEST_TIMEOUT, answered 408)."
+    );
+    for phase in ["header", "idle", "request"] {
+        counter!("http_connections_timed_out_total", "phase" => phase).increment(0);
+    }
 }
 
 #[cfg(test)]

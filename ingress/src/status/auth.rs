@@ -3,6 +3,7 @@
 //! configured. The user id is one claim (`STATUS_JWT_USER_CLAIM`), a string or a number.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use secrecy::ExposeSecret as _;
 use serde_json::Value;
 
 use super::config::StatusArgs;
@@ -56,9 +57,13 @@ impl Verifier {
             v
         };
         let mut keys = Vec::new();
-        for secret in args.jwt_hs256_secret.iter().filter(|s| !s.0.is_empty()) {
+        for secret in args
+            .jwt_hs256_secret
+            .iter()
+            .filter(|s| !s.expose_secret().is_empty())
+        {
             keys.push((
-                DecodingKey::from_secret(secret.0.as_bytes()),
+                DecodingKey::from_secret(secret.expose_secret().as_bytes()),
                 validation(&[Algorithm::HS256]),
             ));
         }

@@ -6,24 +6,14 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shared::config::{BrokerArgs, parse_duration};
 
+use secrecy::{ExposeSecret as _, SecretString};
+
 use crate::serve::{HttpTimeouts, ServerLimits};
 
-/// A secret from the command line or the environment: `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
+/// Wraps a secret option's value as soon as clap has it (`Debug` shows no value, and it is
+/// zeroed on drop), as the ingress does with its webhook secrets.
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s))
 }
 
 /// Command line and environment of the `order-status` binary.
@@ -47,9 +37,10 @@ pub struct StatusArgs {
         long,
         env = "STATUS_JWT_HS256_SECRET",
         hide_env_values = true,
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_secret
     )]
-    pub jwt_hs256_secret: Vec<Secret>,
+    pub jwt_hs256_secret: Vec<SecretString>,
 
     /// PEM public key that verifies player JWTs: RSA (RS256/384/512) or EC P-256 (ES256),
     /// detected from the key.
@@ -119,7 +110,10 @@ impl StatusArgs {
     /// Checks what the clap parsers leave out; the error names the option.
     pub fn validate(&self) -> Result<(), String> {
         self.broker.validate()?;
-        let secrets = self.jwt_hs256_secret.iter().filter(|s| !s.0.is_empty());
+        let secrets = self
+            .jwt_hs256_secret
+            .iter()
+            .filter(|s| !s.expose_secret().is_empty());
         if secrets.count() == 0 && self.jwt_public_key_file.is_none() {
             return Err(
                 "no JWT key: set STATUS_JWT_HS256_SECRET (--jwt-hs256-secret) or STATUS_JWT_PUBLIC_KEY_FILE (--jwt-public-key-file)"
@@ -171,7 +165,11 @@ mod tests {
     fn defaults_match_the_design() {
         let a = StatusArgs::try_parse_from(["order-status", "--jwt-hs256-secret", "a,b"]).unwrap();
         assert_eq!(a.listen.to_string(), "0.0.0.0:8081");
-        let secrets: Vec<&str> = a.jwt_hs256_secret.iter().map(|s| s.0.as_str()).collect();
+        let secrets: Vec<&str> = a
+            .jwt_hs256_secret
+            .iter()
+            .map(|s| s.expose_secret())
+            .collect();
         assert_eq!(secrets, ["a", "b"]);
         assert!(
             !format!("{a:?}").contains("\"a\""),

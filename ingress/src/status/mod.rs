@@ -77,7 +77,6 @@ pub async fn run(
     let verifier = auth::Verifier::from_args(&args).map_err(anyhow::Error::msg)?;
     telemetry::describe_metrics("order-status");
     let metrics = telemetry::metrics_handle();
-    register_metrics();
     let broker_stop = CancellationToken::new();
     let (link, supervisor) = amqp::supervise(
         args.broker.amqp_url.clone(),
@@ -144,43 +143,6 @@ pub async fn run(
     let _ = supervisor.await;
     tracing::info!("order-status stopped");
     Ok(())
-}
-
-/// Every series at start-up, so zero shows as 0 rather than absent.
-fn register_metrics() {
-    use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
-    describe_gauge!("build_info", "Always 1; the version is the label");
-    gauge!("build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    describe_gauge!("status_connections", "Open WebSocket connections");
-    gauge!("status_connections").increment(0.0);
-    describe_counter!(
-        "status_publications_sent_total",
-        "Status pushes written to WebSockets"
-    );
-    counter!("status_publications_sent_total").absolute(0);
-    describe_counter!(
-        "status_events_applied_total",
-        "Order-stream messages read, by outcome (published, unchanged, no_project, skipped)"
-    );
-    for outcome in ["published", "unchanged", "no_project", "skipped"] {
-        counter!("status_events_applied_total", "outcome" => outcome).increment(0);
-    }
-    describe_gauge!(
-        "status_stream_offset",
-        "Offset of the last order-stream message read"
-    );
-    gauge!("status_stream_offset").increment(0.0);
-    describe_gauge!(
-        "status_caught_up",
-        "1 once the boot-time catch-up marker was read"
-    );
-    gauge!("status_caught_up").set(0.0);
-    describe_gauge!(
-        "status_catch_up_lag_seconds",
-        Unit::Seconds,
-        "Age of the last order event read (large while catching up)"
-    );
-    gauge!("status_catch_up_lag_seconds").increment(0.0);
 }
 
 /// The binary: parse options, set up telemetry, bind, serve until SIGTERM or ctrl-c.
