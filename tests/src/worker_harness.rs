@@ -385,3 +385,61 @@ pub fn order_canceled(id: u64) -> Vec<u8> {
         ],
     )
 }
+
+/// What a worker suite runs against: a vhost of its own, a demo inventory, the worker's
+/// options pointing at both, and the suite's own broker session on the vhost.
+pub struct WorkerSetup {
+    pub vhost: crate::rabbit::TestVhost,
+    pub inventory: crate::inventory::InventoryHandle,
+    pub args: WorkerArgs,
+    pub broker: Broker,
+}
+
+impl WorkerSetup {
+    /// A fresh vhost and an inventory started with `config`; the worker is not started.
+    pub async fn start(config: crate::inventory::InventoryConfig) -> WorkerSetup {
+        let vhost = crate::rabbit::TestVhost::create()
+            .await
+            .expect("test vhost");
+        let inventory = crate::inventory::DemoInventory::start(config)
+            .await
+            .expect("demo inventory");
+        let args = test_args(&vhost.amqp_url(), &inventory.url());
+        let broker = Broker::for_worker(&args).await.expect("suite connects");
+        WorkerSetup {
+            vhost,
+            inventory,
+            args,
+            broker,
+        }
+    }
+
+    /// A worker in this process, with [`Self::args`].
+    pub async fn worker(&self) -> RunningWorker {
+        RunningWorker::start(self.args.clone())
+            .await
+            .expect("worker starts")
+    }
+
+    /// Publishes `order_paid` for each id, as the ingress does.
+    pub async fn publish_orders(&self, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            self.broker
+                .publish_webhook(&order_paid(id))
+                .await
+                .expect("published");
+        }
+    }
+
+    /// Waits (45 s at most) until the inventory granted every order of `ids`.
+    pub async fn wait_granted(&self, ids: std::ops::Range<u64>) -> crate::inventory::Snapshot {
+        let want = ids.clone();
+        self.inventory
+            .wait_for(
+                move |s| want.clone().all(|id| s.grant(&id.to_string()).is_some()),
+                Duration::from_secs(45),
+            )
+            .await
+            .expect("every order granted")
+    }
+}

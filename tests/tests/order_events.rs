@@ -17,45 +17,31 @@ use shared::{
     webhook::Effect,
 };
 use tests::{
-    inventory::{DemoInventory, Endpoint, Faults, InventoryConfig, InventoryHandle},
-    rabbit::TestVhost,
-    worker_harness::{Broker, RunningWorker, order_paid, test_args, worker_binary},
+    inventory::{Endpoint, Faults, InventoryConfig},
+    worker_harness::{Broker, WorkerSetup, order_paid, worker_binary},
 };
-use worker::{WorkerArgs, order::StreamConnection};
+use worker::order::StreamConnection;
 
 /// Generous: CI machines are slow and share two cores with compilers.
 const WITHIN: Duration = Duration::from_secs(45);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Setup {
-    vhost: TestVhost,
-    inventory: InventoryHandle,
-    args: WorkerArgs,
-    broker: Broker,
+async fn setup(faults: Faults) -> WorkerSetup {
+    WorkerSetup::start(InventoryConfig::default().with_faults(faults)).await
 }
 
-async fn setup(faults: Faults) -> Setup {
-    let vhost = TestVhost::create().await.expect("test vhost");
-    let inventory = DemoInventory::start(InventoryConfig::default().with_faults(faults))
-        .await
-        .expect("demo inventory");
-    let args = test_args(&vhost.amqp_url(), &inventory.url());
-    let broker = Broker::for_worker(&args).await.expect("suite connects");
-    Setup {
-        vhost,
-        inventory,
-        args,
-        broker,
-    }
+/// Reading a suite's vhost's order-event stream.
+trait StreamEvents {
+    async fn events(&self, order: u64) -> Vec<OrderEvent>;
+    async fn wait_events(
+        &self,
+        order: u64,
+        what: &str,
+        done: impl Fn(&[OrderEvent]) -> bool,
+    ) -> Vec<OrderEvent>;
 }
 
-impl Setup {
-    async fn worker(&self) -> RunningWorker {
-        RunningWorker::start(self.args.clone())
-            .await
-            .expect("worker starts")
-    }
-
+impl StreamEvents for WorkerSetup {
     /// Every event of `order` in the stream right now (read up to a sync marker).
     async fn events(&self, order: u64) -> Vec<OrderEvent> {
         let conn = StreamConnection::open(&self.vhost.amqp_url(), TIMEOUT)
@@ -283,7 +269,7 @@ async fn an_event_the_broker_refuses_keeps_the_delivery_unacked_and_no_grant_is_
 
 /// Parks `order_paid(order)` in the DLQ through the worker (the game refuses a SKU);
 /// returns its DLQ id. The worker is stopped again.
-async fn park(s: &Setup, order: u64) -> String {
+async fn park(s: &WorkerSetup, order: u64) -> String {
     s.inventory
         .set_faults(Faults {
             rejected_skus: ["com.xsolla.item_1".to_owned()].into(),
@@ -300,7 +286,7 @@ async fn park(s: &Setup, order: u64) -> String {
     events.last().unwrap().dlq_id.clone().unwrap()
 }
 
-async fn replay(s: &Setup, id: &str) -> std::process::Output {
+async fn replay(s: &WorkerSetup, id: &str) -> std::process::Output {
     tokio::process::Command::new(worker_binary().unwrap())
         .args(["dlq", "replay", id])
         .args(["--amqp-url", &s.vhost.amqp_url(), "--timeout", "10s"])

@@ -15,73 +15,27 @@ use shared::{
 use tests::{
     fixtures,
     ingress_harness::RunningIngress,
-    inventory::{DemoInventory, Endpoint, Faults, InventoryConfig, InventoryHandle},
-    rabbit::{PrivateBroker, TcpProxy, TestVhost},
+    inventory::{DemoInventory, Endpoint, Faults, InventoryConfig},
+    rabbit::{PrivateBroker, TcpProxy},
     worker_harness::{
-        Broker, RunningWorker, WorkerProcess, is_ready, metric_sum, metrics, order_canceled,
-        order_paid, test_args, wait_ready,
+        Broker, RunningWorker, WorkerProcess, WorkerSetup, is_ready, metric_sum, metrics,
+        order_canceled, order_paid, test_args, wait_ready,
     },
 };
-use worker::{WorkerArgs, config::Token};
+use worker::config::Token;
 
 const TOKEN: &str = "inventory-token";
 /// Generous: CI machines are slow and share two cores with compilers.
 const WITHIN: Duration = Duration::from_secs(45);
 
-struct Setup {
-    vhost: TestVhost,
-    inventory: InventoryHandle,
-    args: WorkerArgs,
-    broker: Broker,
-}
-
-async fn setup(faults: Faults) -> Setup {
-    let vhost = TestVhost::create().await.expect("test vhost");
-    let inventory = DemoInventory::start(
-        InventoryConfig::default()
-            .with_token(TOKEN)
-            .with_faults(faults)
-            .with_seed(7),
-    )
-    .await
-    .expect("demo inventory");
-    let mut args = test_args(&vhost.amqp_url(), &inventory.url());
-    args.inventory_token = Some(Token::new(TOKEN));
-    let broker = Broker::for_worker(&args).await.expect("suite connects");
-    Setup {
-        vhost,
-        inventory,
-        args,
-        broker,
-    }
-}
-
-impl Setup {
-    async fn worker(&self) -> RunningWorker {
-        RunningWorker::start(self.args.clone())
-            .await
-            .expect("worker starts")
-    }
-
-    async fn publish_orders(&self, ids: impl IntoIterator<Item = u64>) {
-        for id in ids {
-            self.broker
-                .publish_webhook(&order_paid(id))
-                .await
-                .expect("published");
-        }
-    }
-
-    async fn wait_granted(&self, ids: std::ops::Range<u64>) -> tests::inventory::Snapshot {
-        let want = ids.clone();
-        self.inventory
-            .wait_for(
-                move |s| want.clone().all(|id| s.grant(&id.to_string()).is_some()),
-                WITHIN,
-            )
-            .await
-            .expect("every order granted")
-    }
+async fn setup(faults: Faults) -> WorkerSetup {
+    let config = InventoryConfig::default()
+        .with_token(TOKEN)
+        .with_faults(faults)
+        .with_seed(7);
+    let mut s = WorkerSetup::start(config).await;
+    s.args.inventory_token = Some(Token::new(TOKEN));
+    s
 }
 
 fn assert_exactly_once(state: &tests::inventory::Snapshot) {
@@ -657,7 +611,7 @@ async fn survives_an_inventory_outage() {
     let s = setup(Faults::none()).await;
     let worker = s.worker().await;
     let addr = s.inventory.addr();
-    let Setup {
+    let WorkerSetup {
         inventory, broker, ..
     } = s;
     inventory.shutdown().await.unwrap();

@@ -10,34 +10,15 @@ use std::time::Duration;
 use serde_json::Value;
 use shared::topology::WORK_QUEUE;
 use tests::{
-    inventory::{DemoInventory, Faults, InventoryConfig, InventoryHandle},
+    inventory::{Faults, InventoryConfig},
     rabbit::TestVhost,
-    worker_harness::{Broker, RunningWorker, order_paid, test_args, worker_binary},
+    worker_harness::{RunningWorker, WorkerSetup, order_paid, worker_binary},
 };
-use worker::WorkerArgs;
 
 const WITHIN: Duration = Duration::from_secs(45);
 
-struct Setup {
-    vhost: TestVhost,
-    inventory: InventoryHandle,
-    args: WorkerArgs,
-    broker: Broker,
-}
-
-async fn setup(faults: Faults) -> Setup {
-    let vhost = TestVhost::create().await.expect("test vhost");
-    let inventory = DemoInventory::start(InventoryConfig::default().with_faults(faults))
-        .await
-        .expect("demo inventory");
-    let args = test_args(&vhost.amqp_url(), &inventory.url());
-    let broker = Broker::for_worker(&args).await.expect("suite connects");
-    Setup {
-        vhost,
-        inventory,
-        args,
-        broker,
-    }
+async fn setup(faults: Faults) -> WorkerSetup {
+    WorkerSetup::start(InventoryConfig::default().with_faults(faults)).await
 }
 
 /// What the binary did.

@@ -65,23 +65,35 @@ pub async fn settle(
         _ => None,
     };
     let event = recorder.event_for(delivery, outcome, dlq_id.as_deref());
-    let (event_published, republished) = tokio::join!(
-        async {
-            match &event {
-                Some(event) => recorder.publish(link, event, publish_timeout).await,
-                None => Ok(()),
-            }
-        },
-        async {
-            match &target {
-                Some((queue, headers)) => {
-                    let properties = republished(&delivery.properties, headers.clone());
-                    publish(link, queue, &delivery.data, properties, publish_timeout).await
-                }
-                None => Ok(()),
-            }
+    let publish_event = || async {
+        match &event {
+            Some(event) => recorder.publish(link, event, publish_timeout).await,
+            None => Ok(()),
         }
-    );
+    };
+    let publish_copy = || async {
+        match &target {
+            Some((queue, headers)) => {
+                let properties = republished(&delivery.properties, headers.clone());
+                publish(link, queue, &delivery.data, properties, publish_timeout).await
+            }
+            None => Ok(()),
+        }
+    };
+    let (event_published, republished) = if matches!(outcome, Outcome::Dead { .. }) {
+        // The event names the DLQ copy: published only once the copy is confirmed, so
+        // whoever reads it in a timeline can `worker dlq show` that id (dead-letters are
+        // rare; the second round trip costs nothing that matters).
+        let republished = publish_copy().await;
+        let event_published = match republished {
+            Ok(()) => publish_event().await,
+            Err(_) => Ok(()),
+        };
+        (event_published, republished)
+    } else {
+        // Both confirmed before the ack; together, so the cost is one round trip.
+        tokio::join!(publish_event(), publish_copy())
+    };
     if let Err(error) = republished {
         let queue = target.as_ref().map(|(q, _)| q.as_str()).unwrap_or_default();
         tracing::warn!(%error, queue, "republish not confirmed; requeueing the delivery");
