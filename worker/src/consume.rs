@@ -26,7 +26,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     order::Recorder,
-    outcome::{Settled, requeue, settle},
+    settle::{Settled, requeue, settle},
     process::{Context, Message, process},
 };
 

@@ -9,7 +9,7 @@ pub mod consume;
 pub mod dlq;
 pub mod inventory;
 pub mod order;
-pub mod outcome;
+pub mod settle;
 pub mod process;
 pub mod retry;
 

@@ -1,5 +1,5 @@
 //! The core of the worker: one message in, one [`Outcome`] out. No acks and no publishing
-//! here (that is [`crate::outcome`]), so the decision can be read and tested on its own.
+//! here (that is [`crate::settle`]), so the decision can be read and tested on its own.
 
 use std::time::Duration;
 

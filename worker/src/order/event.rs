@@ -17,7 +17,7 @@ use shared::{
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::{classify::truncate, dlq::DeadLetter, outcome::LAST_ERROR_MAX, process::Outcome};
+use crate::{classify::truncate, dlq::DeadLetter, settle::LAST_ERROR_MAX, process::Outcome};
 
 /// Who and what the delivery is about, read again from the body (process.rs keeps its
 /// `Fulfilment` to itself; reading a small body twice costs microseconds).

@@ -1,6 +1,7 @@
-//! Carrying out an [`Outcome`]: publish its order event and, for a Retry or Dead, the
-//! republish to a delay tier or the DLQ, both with a broker confirm and concurrently (one
-//! round trip), and only then ack. If either is not confirmed the delivery is requeued,
+//! Settling a delivery by its [`Outcome`]: publish its order event and, for a Retry or
+//! Dead, the republish to a delay tier or the DLQ, both with a broker confirm (a retry's
+//! concurrently, one round trip; a dead-letter's copy first, so its event never names a
+//! copy that does not exist), and only then ack. If either is not confirmed the delivery is requeued,
 //! never acked, so a failure at any step loses nothing: the effect is idempotent and the
 //! redelivery publishes the event again.
 
