@@ -80,7 +80,7 @@ pub async fn run(
     register_metrics();
     let broker_stop = CancellationToken::new();
     let (link, supervisor) = amqp::supervise(
-        args.broker.amqp_url.clone(),
+        args.broker.brokers().map_err(anyhow::Error::msg)?,
         format!("xsolla-bridge order-status {}", std::process::id()),
         args.broker.topology(),
         broker_stop.clone(),
