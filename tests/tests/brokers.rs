@@ -210,6 +210,7 @@ async fn private_broker_amqps_with_a_private_ca() {
         .err()
         .expect("refused with the wrong CA")
         .to_string();
+    eprintln!("wrong CA: {err}");
     assert!(
         err.contains("certificate is not trusted") && err.contains("wrong-ca.pem"),
         "{err}"
@@ -221,6 +222,7 @@ async fn private_broker_amqps_with_a_private_ca() {
         .err()
         .expect("refused for the host name")
         .to_string();
+    eprintln!("wrong host: {err}");
     assert!(err.contains("not valid for `127.0.0.1`"), "{err}");
 
     // Plain AMQP on the TLS port, and TLS on the plain port: an error, not a hang.

@@ -222,17 +222,24 @@ impl Brokers {
             // A plain-AMQP URL pointed at a TLS port, for instance: lapin's own words.
             return redact_secrets(&chain, &node.url);
         }
-        if chain.contains("UnknownIssuer") || chain.contains("BadSignature") {
+        // rustls words these as Debug names in some versions and sentences in others.
+        let lower = chain.to_ascii_lowercase();
+        let says = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+        if says(&["unknownissuer", "unknown issuer", "badsignature"]) {
             format!("TLS: the server's certificate is not trusted (not signed by {trusted})")
-        } else if chain.contains("NotValidForName") {
+        } else if says(&["notvalidforname", "not valid for name"]) {
             format!(
                 "TLS: the server's certificate is not valid for `{}` (the URL's host must be \
                  one the certificate names)",
                 node.host
             )
-        } else if chain.contains("Expired") || chain.contains("NotValidYet") {
+        } else if says(&["expired", "notvalidyet", "not valid yet"]) {
             "TLS: the server's certificate is expired or not yet valid".into()
-        } else if chain.contains("InvalidContentType") || chain.contains("CorruptMessage") {
+        } else if says(&[
+            "invalidcontenttype",
+            "corruptmessage",
+            "invalid content type",
+        ]) {
             "TLS: the server did not answer TLS (is this port an amqps:// listener?)".into()
         } else {
             redact_secrets(&chain, &node.url)
