@@ -219,7 +219,11 @@ impl Brokers {
             None => "the system roots (set AMQP_CA_FILE for a private CA)".into(),
         };
         if !node.tls {
-            // A plain-AMQP URL pointed at a TLS port, for instance: lapin's own words.
+            // lapin's frame parser chokes on a TLS alert: say what is likely wrong instead
+            // of its parser debug dump.
+            if chain.contains("failed to parse") {
+                return "the server did not answer AMQP (a TLS port? use amqps://)".into();
+            }
             return redact_secrets(&chain, &node.url);
         }
         // rustls words these as Debug names in some versions and sentences in others.
