@@ -221,7 +221,8 @@ impl Brokers {
         if !node.tls {
             // lapin's frame parser chokes on a TLS alert: say what is likely wrong instead
             // of its parser debug dump.
-            if chain.contains("failed to parse") {
+            // (An empty host: the URL itself did not parse, and lapin says so.)
+            if chain.contains("failed to parse") && !node.host.is_empty() {
                 return "the server did not answer AMQP (a TLS port? use amqps://)".into();
             }
             return redact_secrets(&chain, &node.url);
