@@ -6,11 +6,18 @@
 //! watch channel, which is also what `/readyz` reports. We do this ourselves rather than
 //! with lapin's auto-recovery so that "not connected" is a state callers can see and
 //! answer with 503 at once, instead of a publish that waits on a recovering channel.
+//!
+//! `AMQP_URL` may list several nodes of one cluster ([`Brokers`]): a connect tries them in
+//! turn, each within `AMQP_CONNECT_TIMEOUT`, starting from the node that last answered.
+
+mod nodes;
+
+pub use nodes::{Brokers, ConnectError, DEFAULT_CONNECT_TIMEOUT, Node, read_ca_file};
 
 use std::{sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use lapin::{Channel, Connection, ConnectionProperties, options::ConfirmSelectOptions};
+use lapin::{Channel, Connection, options::ConfirmSelectOptions};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -20,12 +27,24 @@ use crate::topology::{self, Topology};
 pub struct Session {
     connection: Connection,
     channel: Channel,
+    node: usize,
+    addr: String,
 }
 
 impl Session {
-    /// Connects, declares the topology and puts the channel in confirm mode.
+    /// Connects (to the first node of the list that answers), declares the topology and
+    /// puts the channel in confirm mode.
     pub async fn open(url: &str, name: &str, topology: &Topology) -> lapin::Result<Session> {
-        let connection = connect(url, name).await?;
+        Session::open_on(&Brokers::from(url), name, topology).await
+    }
+
+    /// [`Session::open`] on nodes already parsed (with their timeout and TLS trust).
+    pub async fn open_on(
+        brokers: &Brokers,
+        name: &str,
+        topology: &Topology,
+    ) -> lapin::Result<Session> {
+        let (connection, node) = brokers.connect(name).await?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, topology).await?;
         channel
@@ -34,7 +53,14 @@ impl Session {
         Ok(Session {
             connection,
             channel,
+            node,
+            addr: brokers.nodes()[node].addr().to_owned(),
         })
+    }
+
+    /// `host:port` of the node this session is on.
+    pub fn node(&self) -> &str {
+        &self.addr
     }
 
     /// The confirm-mode channel.
@@ -58,10 +84,11 @@ impl Session {
     }
 }
 
-/// Opens a connection named `name` (shown by `rabbitmqctl list_connections client_properties`).
+/// Opens a connection named `name` (shown by `rabbitmqctl list_connections client_properties`)
+/// to the first node of `url` (one URL or a comma-separated list) that answers, each within
+/// [`DEFAULT_CONNECT_TIMEOUT`], trusting the system roots; [`Brokers::connect`] for more.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties).await
+    Ok(Brokers::from(url).connect(name).await?.0)
 }
 
 /// The URL (or comma-separated list of URLs) with every password hidden, for logs and
@@ -172,12 +199,22 @@ pub fn reconnect_backoff() -> impl Iterator<Item = Duration> + Send {
 const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Keeps a [`Session`] open until `shutdown`; returns its [`Link`] and the task.
+/// `brokers` is a [`Brokers`] or a URL (list) taken as is (`String`, `&str`).
 pub fn supervise(
-    url: String,
+    brokers: impl Into<Brokers>,
     name: String,
     topology: Topology,
     shutdown: CancellationToken,
 ) -> (Link, tokio::task::JoinHandle<()>) {
+    let brokers: Brokers = brokers.into();
+    metrics::describe_gauge!(
+        "amqp_node",
+        "1 for the RabbitMQ node (host:port) this process is connected to, 0 for the others"
+    );
+    // Every node's series exists from the start (0), as the other metrics do.
+    for node in brokers.nodes() {
+        metrics::gauge!("amqp_node", "node" => node.addr().to_owned()).set(0.0);
+    }
     let (tx, rx) = watch::channel(None);
     let suspect = Arc::new(Notify::new());
     let link = Link {
@@ -187,24 +224,29 @@ pub fn supervise(
     let task = tokio::spawn(async move {
         let mut backoff = reconnect_backoff();
         while !shutdown.is_cancelled() {
-            match Session::open(&url, &name, &topology).await {
+            match Session::open_on(&brokers, &name, &topology).await {
                 Ok(session) => {
-                    tracing::info!(broker = %redact_url(&url), "connected to RabbitMQ, topology declared");
+                    let node = session.node().to_owned();
+                    tracing::info!(%node, "connected to RabbitMQ, topology declared");
                     metrics::gauge!("amqp_connected").set(1.0);
+                    metrics::gauge!("amqp_node", "node" => node.clone()).set(1.0);
                     backoff = reconnect_backoff();
                     let session = Arc::new(session);
                     tx.send_replace(Some(session.clone()));
                     watch_health(&session, &suspect, &shutdown).await;
                     tx.send_replace(None);
                     metrics::gauge!("amqp_connected").set(0.0);
+                    metrics::gauge!("amqp_node", "node" => node.clone()).set(0.0);
                     session.close().await;
                     if !shutdown.is_cancelled() {
-                        tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                        // Try the other nodes first: this one may be the one that died.
+                        brokers.lost(session.node);
+                        tracing::warn!(%node, "lost the RabbitMQ connection; reconnecting");
                     }
                 }
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(%error, retry_in = ?delay, broker = %redact_url(&url), "cannot connect to RabbitMQ");
+                    tracing::warn!(%error, retry_in = ?delay, broker = %brokers.redacted(), "cannot connect to RabbitMQ");
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(delay) => {}

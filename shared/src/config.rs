@@ -1,6 +1,6 @@
 //! Options shared by the ingress and the worker (clap flags with environment variables).
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use crate::{
     telemetry::LogFormat,
@@ -13,7 +13,8 @@ use crate::{
 pub struct BrokerArgs {
     // Checked by `BrokerArgs::validate` rather than a clap parser: clap would echo a bad
     // value, password included.
-    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`).
+    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`), or a comma-separated list of the
+    /// nodes of one cluster, tried in turn (`amqps://` for TLS).
     #[arg(
         long,
         env = "AMQP_URL",
@@ -21,6 +22,16 @@ pub struct BrokerArgs {
         hide_env_values = true
     )]
     pub amqp_url: String,
+
+    /// How long each node gets to accept the connection (TCP, TLS, AMQP handshake) before
+    /// the next one in `AMQP_URL` is tried.
+    #[arg(long, env = "AMQP_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub amqp_connect_timeout: Duration,
+
+    /// PEM file of the CA (or CAs) that signed the brokers' certificates, for `amqps://`;
+    /// trusted in addition to the system roots. Host names are still checked.
+    #[arg(long, env = "AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
 
     /// Delay tiers for retries, comma-separated durations (`10s,1m,10m,1h`), each at least
     /// 100ms. One quorum queue is declared per tier; the last tier repeats until the retry
@@ -57,7 +68,17 @@ pub struct BrokerArgs {
 impl BrokerArgs {
     /// Checks what the clap parsers leave out; the error names the option.
     pub fn validate(&self) -> Result<(), String> {
-        check_amqp_url(&self.amqp_url)
+        self.brokers().map(drop)
+    }
+
+    /// The nodes of `AMQP_URL` with the connect timeout and CA file; the error is the one
+    /// [`BrokerArgs::validate`] gives.
+    pub fn brokers(&self) -> Result<crate::amqp::Brokers, String> {
+        brokers(
+            &self.amqp_url,
+            self.amqp_connect_timeout,
+            self.amqp_ca_file.as_deref(),
+        )
     }
 
     pub fn topology(&self) -> Topology {
@@ -139,32 +160,39 @@ pub fn parse_delays(s: &str) -> Result<Delays, String> {
 /// `AMQP_URL`'s default, for every binary and `worker dlq`.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// Checks an `AMQP_URL` value; the one-line error names the option and hides the password.
-/// `AMQP_URL` is taken as a plain string and checked here, not by a clap value parser,
-/// because clap would echo the bad value, password included.
+/// Checks an `AMQP_URL` value (one URL or a comma-separated list); the one-line error names
+/// the option and the entry, and hides the password. `AMQP_URL` is taken as a plain string
+/// and checked here, not by a clap value parser, because clap would echo the bad value,
+/// password included.
 pub fn check_amqp_url(url: &str) -> Result<(), String> {
     parse_amqp_url(url)
         .map(drop)
         .map_err(|e| format!("AMQP_URL (--amqp-url): {e}"))
 }
 
-/// Accepts `amqp://` and `amqps://` URLs that lapin can parse.
+/// Accepts `amqp://` and `amqps://` URLs that lapin can parse, or a comma-separated list of
+/// them (the error names the bad entry's position).
 pub fn parse_amqp_url(s: &str) -> Result<String, String> {
-    if !(s.starts_with("amqp://") || s.starts_with("amqps://")) {
-        return Err(format!(
-            "`{}` must start with amqp:// or amqps://",
-            crate::amqp::redact_url(s)
-        ));
-    }
-    s.parse::<lapin::uri::AMQPUri>().map_err(|e| {
-        // Some of the parser's messages quote the whole URL, password included.
-        let e = if e.contains(s) { "not a URL".into() } else { e };
-        format!(
-            "`{}` is not a valid AMQP URL: {e}",
-            crate::amqp::redact_url(s)
-        )
-    })?;
+    crate::amqp::Brokers::parse(s)?;
     Ok(s.to_owned())
+}
+
+/// `AMQP_URL`, `AMQP_CONNECT_TIMEOUT` and `AMQP_CA_FILE` together; each error is one line
+/// naming its option.
+pub fn brokers(
+    url: &str,
+    connect_timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<crate::amqp::Brokers, String> {
+    let brokers = crate::amqp::Brokers::parse(url)
+        .map_err(|e| format!("AMQP_URL (--amqp-url): {e}"))?
+        .with_connect_timeout(connect_timeout);
+    match ca_file {
+        Some(path) => brokers
+            .with_ca_file(path)
+            .map_err(|e| format!("AMQP_CA_FILE (--amqp-ca-file): {e}")),
+        None => Ok(brokers),
+    }
 }
 
 /// Answers a clap parse failure the way the README promises: `--help`/`--version` print as
@@ -230,5 +258,24 @@ mod tests {
         assert!(parse_amqp_url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
         let err = parse_amqp_url("http://guest:pw@x").unwrap_err();
         assert!(err.contains("amqp://") && !err.contains("pw"), "{err}");
+        let err = check_amqp_url("amqp://u:pw@a/,amqp://u:pw@b:x/").unwrap_err();
+        assert!(
+            err.starts_with("AMQP_URL (--amqp-url): entry 2 of 2: `amqp://u:***@b:x/`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_ca_file_names_the_option() {
+        let err = brokers(
+            DEFAULT_AMQP_URL,
+            Duration::from_secs(1),
+            Some(std::path::Path::new("/nonexistent/ca.pem")),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("AMQP_CA_FILE (--amqp-ca-file): cannot read `/nonexistent/ca.pem`"),
+            "{err}"
+        );
     }
 }

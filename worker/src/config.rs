@@ -65,6 +65,8 @@ impl WorkerArgs {
         WorkerArgs {
             broker: BrokerArgs {
                 amqp_url: amqp_url.to_owned(),
+                amqp_connect_timeout: shared::amqp::DEFAULT_CONNECT_TIMEOUT,
+                amqp_ca_file: None,
                 retry_delays: Delays::default(),
                 fulfil_payments: false,
                 publish_timeout: Duration::from_secs(5),

@@ -62,7 +62,7 @@ pub async fn run(
     let session_stop = CancellationToken::new();
     let name = format!("worker-{}", std::process::id());
     let (link, supervisor) = shared::amqp::supervise(
-        args.broker.amqp_url.clone(),
+        args.broker.brokers().map_err(anyhow::Error::msg)?,
         name,
         topology.clone(),
         session_stop.clone(),

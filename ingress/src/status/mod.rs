@@ -79,7 +79,7 @@ pub async fn run(
     let metrics = telemetry::metrics_handle();
     let broker_stop = CancellationToken::new();
     let (link, supervisor) = amqp::supervise(
-        args.broker.amqp_url.clone(),
+        args.broker.brokers().map_err(anyhow::Error::msg)?,
         format!("xsolla-bridge order-status {}", std::process::id()),
         args.broker.topology(),
         broker_stop.clone(),

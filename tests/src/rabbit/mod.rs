@@ -157,6 +157,6 @@ mod private_broker;
 mod proxy;
 mod vhost;
 
-pub use private_broker::{PrivateBroker, pick_free_port};
+pub use private_broker::{PrivateBroker, TlsFiles, pick_free_port};
 pub use proxy::TcpProxy;
 pub use vhost::TestVhost;

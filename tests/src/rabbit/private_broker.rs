@@ -25,11 +25,31 @@ pub struct PrivateBroker {
     port: u16,
     dist_port: u16,
     dir: PathBuf,
+    tls: Option<(u16, TlsFiles)>,
+}
+
+/// PEM texts for a node's TLS listener ([`PrivateBroker::start_tls`]).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed `cert` (RabbitMQ wants a `cacertfile` even with `verify_none`).
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
 }
 
 impl PrivateBroker {
     /// Boots a fresh node and waits until it accepts AMQP connections (~3-6 s here).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::boot(None).await
+    }
+
+    /// [`start`](Self::start) with a TLS listener too, on [`tls_port`](Self::tls_port),
+    /// serving `files` (clients are not asked for certificates: `verify_none`).
+    pub async fn start_tls(files: TlsFiles) -> anyhow::Result<Self> {
+        Self::boot(Some(files)).await
+    }
+
+    async fn boot(tls: Option<TlsFiles>) -> anyhow::Result<Self> {
         if !is_root() {
             bail!(
                 "PrivateBroker needs root: Debian's rabbitmq-server runs only as root or rabbitmq"
@@ -47,6 +67,10 @@ impl PrivateBroker {
                 port: pick_free_port()?,
                 dist_port: pick_free_port()?,
                 dir: base.join(format!("{}-{n}", std::process::id())),
+                tls: match &tls {
+                    Some(files) => Some((pick_free_port()?, files.clone())),
+                    None => None,
+                },
             };
             broker.prepare_dir()?;
             match broker.start_node().await {
@@ -68,6 +92,11 @@ impl PrivateBroker {
     /// `amqp://guest:guest@127.0.0.1:<port>/%2F` (the default vhost; the node is private).
     pub fn amqp_url(&self) -> String {
         amqp_url_for("127.0.0.1", self.port, "/")
+    }
+
+    /// The TLS listener's port (nodes started with [`start_tls`](Self::start_tls)).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|(port, _)| *port)
     }
 
     /// The node's data/log directory (the log is `log/<node>.log`).
@@ -163,11 +192,36 @@ impl PrivateBroker {
         // Own config file: /etc/rabbitmq/rabbitmq.conf pins `listeners.tcp.local` to 5672.
         // The listener comes from RABBITMQ_NODE_IP_ADDRESS/PORT (putting it here as well
         // makes the node bind it twice and die with eaddrinuse).
-        std::fs::write(
-            d.join("rabbitmq.conf"),
+        let mut conf = String::from(
             "# Private test node (tests/src/rabbit.rs). Listener set by env.\n\
              log.file.level = info\n",
-        )?;
+        );
+        if let Some((port, files)) = &self.tls {
+            // The TLS listener is not one of the env-set ones, so it goes here. The files
+            // sit in the node's dir, which the chown below hands to `rabbitmq`: the node
+            // reads them as that user and fails the listener (not the boot) otherwise.
+            let tls = d.join("tls");
+            std::fs::create_dir_all(&tls)?;
+            for (name, pem) in [
+                ("ca.pem", &files.ca),
+                ("cert.pem", &files.cert),
+                ("key.pem", &files.key),
+            ] {
+                std::fs::write(tls.join(name), pem)?;
+            }
+            conf.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                ca = tls.join("ca.pem").display(),
+                cert = tls.join("cert.pem").display(),
+                key = tls.join("key.pem").display(),
+            ));
+        }
+        std::fs::write(d.join("rabbitmq.conf"), conf)?;
         // Debian's script switches to the rabbitmq user, who must own all of it.
         let st = std::process::Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq"])
@@ -212,6 +266,14 @@ impl PrivateBroker {
         // The port answering means boot reached the listeners; await_startup confirms that
         // this is our node and that it finished booting.
         self.ctl(&["await_startup", "--timeout", "60"]).await?;
+        if let Some((port, _)) = &self.tls {
+            let port = *port;
+            wait_for(deadline, "the TLS listener to accept", || async move {
+                TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            })
+            .await
+            .with_context(|| self.log_tail(15))?;
+        }
         Ok(())
     }
 

@@ -1,9 +1,9 @@
 //! The `worker dlq` command line (clap derive): global broker options and one subcommand per
 //! operation.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
-use shared::config::{DEFAULT_AMQP_URL, check_amqp_url, parse_duration};
+use shared::config::{DEFAULT_AMQP_URL, parse_duration};
 
 use super::Selection;
 
@@ -23,7 +23,8 @@ pub struct DlqBrokerArgs {
     // The same option as `shared::config::BrokerArgs::amqp_url` (default and check shared),
     // declared again only because here it must be `global` (accepted after the subcommand),
     // which the worker's top-level copy cannot be without clashing with this one.
-    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`).
+    /// RabbitMQ URL (vhost URL-encoded: `/` is `%2f`), or a comma-separated list of the
+    /// nodes of one cluster, tried in turn (`amqps://` for TLS).
     #[arg(
         long,
         env = "AMQP_URL",
@@ -33,15 +34,33 @@ pub struct DlqBrokerArgs {
     )]
     pub amqp_url: String,
 
+    /// How long each node gets to accept the connection before the next is tried.
+    #[arg(long, env = "AMQP_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub amqp_connect_timeout: Duration,
+
+    /// PEM file of the CA that signed the brokers' certificates (`amqps://`), trusted in
+    /// addition to the system roots.
+    #[arg(long, env = "AMQP_CA_FILE", global = true)]
+    pub amqp_ca_file: Option<PathBuf>,
+
     /// Deadline for each broker operation: connecting, each read, each publisher confirm.
     #[arg(long, env = "DLQ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
 }
 
 impl DlqBrokerArgs {
-    /// Checks the URL; the error names the option and hides the password.
+    /// Checks the URL and CA file; the error names the option and hides the password.
     pub fn validate(&self) -> Result<(), String> {
-        check_amqp_url(&self.amqp_url)
+        self.brokers().map(drop)
+    }
+
+    /// The nodes to try, with their connect timeout and CA (see `validate`).
+    pub fn brokers(&self) -> Result<shared::amqp::Brokers, String> {
+        shared::config::brokers(
+            &self.amqp_url,
+            self.amqp_connect_timeout,
+            self.amqp_ca_file.as_deref(),
+        )
     }
 }
 

@@ -82,10 +82,13 @@ impl Selection {
 
 /// Runs one `worker dlq` command; the exit code is one of [`exit`].
 pub async fn main(args: DlqArgs) -> ExitCode {
-    if let Err(problem) = args.broker.validate() {
-        eprintln!("worker dlq: {problem}");
-        return ExitCode::from(exit::USAGE);
-    }
+    let brokers = match args.broker.brokers() {
+        Ok(brokers) => brokers,
+        Err(problem) => {
+            eprintln!("worker dlq: {problem}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     if let DlqCommand::Purge(purge) = &args.command
         && !purge.yes
     {
@@ -94,7 +97,7 @@ pub async fn main(args: DlqArgs) -> ExitCode {
         );
         return ExitCode::from(exit::USAGE);
     }
-    let conn = match DlqConnection::open(&args.broker.amqp_url, args.broker.timeout).await {
+    let conn = match DlqConnection::open(brokers, args.broker.timeout).await {
         Ok(conn) => conn,
         Err(error) => return fail(&error),
     };

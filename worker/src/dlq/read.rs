@@ -35,14 +35,17 @@ pub struct DlqConnection {
 
 impl DlqConnection {
     /// Connects within `timeout`; the error names the URL with its password hidden.
-    pub async fn open(url: &str, timeout: Duration) -> Result<DlqConnection, DlqError> {
+    pub async fn open(
+        brokers: impl Into<amqp::Brokers>,
+        timeout: Duration,
+    ) -> Result<DlqConnection, DlqError> {
+        let brokers: amqp::Brokers = brokers.into();
         let unreachable = |reason: String| DlqError::Unreachable {
-            url: amqp::redact_url(url),
+            url: brokers.redacted(),
             reason,
         };
-        let connection = match tokio::time::timeout(timeout, amqp::connect(url, "worker-dlq")).await
-        {
-            Ok(Ok(connection)) => connection,
+        let connection = match tokio::time::timeout(timeout, brokers.connect("worker-dlq")).await {
+            Ok(Ok((connection, _))) => connection,
             Ok(Err(error)) => return Err(unreachable(error.to_string())),
             Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
         };

@@ -53,11 +53,14 @@ fn unique(ids: &[String]) -> Vec<String> {
 
 /// Runs `worker order`; the exit code is one of [`exit`].
 pub async fn main(args: OrderArgs) -> ExitCode {
-    if let Err(problem) = args.broker.validate() {
-        eprintln!("worker order: {problem}");
-        return ExitCode::from(exit::USAGE);
-    }
-    let conn = match StreamConnection::open(&args.broker.amqp_url, args.broker.timeout).await {
+    let brokers = match args.broker.brokers() {
+        Ok(brokers) => brokers,
+        Err(problem) => {
+            eprintln!("worker order: {problem}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let conn = match StreamConnection::open(brokers, args.broker.timeout).await {
         Ok(conn) => conn,
         Err(error) => return fail(&error),
     };

@@ -42,17 +42,21 @@ pub struct StreamConnection {
 
 impl StreamConnection {
     /// Connects within `timeout`; the error names the URL with its password hidden.
-    pub async fn open(url: &str, timeout: Duration) -> Result<StreamConnection, OrderError> {
+    pub async fn open(
+        brokers: impl Into<amqp::Brokers>,
+        timeout: Duration,
+    ) -> Result<StreamConnection, OrderError> {
+        let brokers: amqp::Brokers = brokers.into();
         let unreachable = |reason: String| OrderError::Unreachable {
-            url: amqp::redact_url(url),
+            url: brokers.redacted(),
             reason,
         };
-        let connection =
-            match tokio::time::timeout(timeout, amqp::connect(url, "worker-order")).await {
-                Ok(Ok(connection)) => connection,
-                Ok(Err(error)) => return Err(unreachable(error.to_string())),
-                Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
-            };
+        let connection = match tokio::time::timeout(timeout, brokers.connect("worker-order")).await
+        {
+            Ok(Ok((connection, _))) => connection,
+            Ok(Err(error)) => return Err(unreachable(error.to_string())),
+            Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
+        };
         let confirm = within(timeout, "opening a channel", connection.create_channel()).await?;
         within(
             timeout,
