@@ -565,7 +565,9 @@ impl StatusBench {
         let _ = conn.close(200, "done".into()).await;
         let mut rounds = Vec::new();
         for _ in 0..self.rounds {
-            // Baseline: a plain consumer (the feed's prefetch and ack batching) to the end.
+          for decode in [false, true] {
+            // Baseline: a plain consumer (the feed's prefetch and ack batching) to the end;
+            // once as is, once also decoding each message as the feed does.
             let load = uptime();
             let cpu0 = proc::cpu_seconds_of("self");
             let started = Instant::now();
@@ -578,7 +580,9 @@ impl StatusBench {
                 let Some(d) = consumer.next().await else { break };
                 let d = d?;
                 // The same decode the feed does, so the baseline reads what it reads.
-                std::hint::black_box(order_events::decode_delivery(&d));
+                if decode {
+                    std::hint::black_box(order_events::decode_delivery(&d));
+                }
                 n += 1;
                 unacked += 1;
                 if unacked >= 100 {
@@ -589,7 +593,11 @@ impl StatusBench {
             let seconds = started.elapsed().as_secs_f64();
             let _ = c.close(200, "done".into()).await;
             let r = CatchupRound {
-                reader: "plain lapin consumer (+ decode)",
+                reader: if decode {
+                    "plain lapin consumer + shared::order_events::decode"
+                } else {
+                    "plain lapin consumer"
+                },
                 seconds,
                 per_s: n as f64 / seconds,
                 rss_mib: 0.0,
@@ -598,6 +606,7 @@ impl StatusBench {
             };
             eprintln!("{r:?}");
             rounds.push(r);
+          }
             let load = uptime();
             let (server, seconds) = Server::order_status(bin, amqp_url, Duration::from_secs(600)).await?;
             let r = CatchupRound {
@@ -916,7 +925,7 @@ pub fn markdown(r: &StatusReport) -> String {
         for (i, x) in c.rounds.iter().enumerate() {
             out += &format!(
                 "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {} |\n",
-                i / 2 + 1, x.reader, x.seconds, x.per_s, x.rss_mib, x.cpu_s, x.load
+                i / 3 + 1, x.reader, x.seconds, x.per_s, x.rss_mib, x.cpu_s, x.load
             );
         }
     }
