@@ -6,6 +6,7 @@ mod baseline;
 mod ingress;
 mod pipeline;
 mod proc;
+mod status;
 mod table;
 mod worker;
 
@@ -26,7 +27,8 @@ Examples:
   cargo run --release -p tests --bin xsolla-bench -- ingress
   cargo run --release -p tests --bin xsolla-bench -- ingress --concurrency 32 --duration 20s --json
   cargo run --release -p tests --bin xsolla-bench -- worker --messages 10000
-  cargo run --release -p tests --bin xsolla-bench -- pipeline --shares 0.25,0.5,0.75"
+  cargo run --release -p tests --bin xsolla-bench -- pipeline --shares 0.25,0.5,0.75
+  cargo run --release -p tests --bin xsolla-bench -- status --only connections,latency,poll,catchup"
 )]
 struct Cli {
     /// RabbitMQ to use; its vhost is replaced by a fresh one, deleted at the end.
@@ -66,6 +68,15 @@ enum Command {
     /// rate and open loop at shares of it: grants/s, webhook-to-grant p50/p99, peak RSS
     /// and CPU per grant of each process, next to plain-lapin baselines.
     Pipeline(pipeline::PipelineBench),
+    /// The order-status server: RSS per WebSocket, grant → `done` latency, Get-order
+    /// answers/s and catch-up time, each beside a trivial server or a plain stream reader.
+    Status(status::StatusBench),
+    /// The trivial axum server the `status` baselines run against (started by `status`).
+    #[command(hide = true)]
+    TrivialServer {
+        #[arg(long)]
+        listen: String,
+    },
 }
 
 #[tokio::main]
@@ -85,6 +96,11 @@ async fn main() -> ExitCode {
             .run(&cli.amqp_url, concurrency, cli.duration)
             .await
             .and_then(|r| output(cli.json, &r, table::pipeline)),
+        Command::Status(bench) => bench
+            .run(&cli.amqp_url, concurrency, cli.duration)
+            .await
+            .and_then(|r| output(cli.json, &r, status::markdown)),
+        Command::TrivialServer { listen } => status::trivial_server(listen.clone()).await,
     };
     match printed {
         Ok(()) => ExitCode::SUCCESS,
