@@ -26,8 +26,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     order::Recorder,
-    settle::{Settled, requeue, settle},
     process::{Context, Message, process},
+    settle::{Settled, requeue, settle},
 };
 
 /// Longest wait for the broker to confirm the consumer's cancellation at shutdown.

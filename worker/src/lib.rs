@@ -9,9 +9,9 @@ pub mod consume;
 pub mod dlq;
 pub mod inventory;
 pub mod order;
-pub mod settle;
 pub mod process;
 pub mod retry;
+pub mod settle;
 
 use std::{
     process::ExitCode,

@@ -17,7 +17,7 @@ use shared::{
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::{classify::truncate, dlq::DeadLetter, settle::LAST_ERROR_MAX, process::Outcome};
+use crate::{classify::truncate, dlq::DeadLetter, process::Outcome, settle::LAST_ERROR_MAX};
 
 /// Who and what the delivery is about, read again from the body (process.rs keeps its
 /// `Fulfilment` to itself; reading a small body twice costs microseconds).

@@ -50,7 +50,11 @@ const HOUR: Duration = Duration::from_secs(3600);
 #[derive(clap::Args, Debug)]
 pub struct StatusBench {
     /// Phases to run, comma-separated: connections,latency,poll,catchup.
-    #[arg(long, value_delimiter = ',', default_value = "connections,latency,poll,catchup")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "connections,latency,poll,catchup"
+    )]
     only: Vec<String>,
     /// WebSocket connections held at once (connections phase).
     #[arg(long, default_value_t = 10_000)]
@@ -167,7 +171,11 @@ struct Server {
 }
 
 impl Server {
-    async fn order_status(bin: &PathBuf, amqp_url: &str, wait: Duration) -> anyhow::Result<(Server, f64)> {
+    async fn order_status(
+        bin: &PathBuf,
+        amqp_url: &str,
+        wait: Duration,
+    ) -> anyhow::Result<(Server, f64)> {
         let addr = proc::free_addr()?;
         let started = Instant::now();
         let child = Command::new(bin)
@@ -216,7 +224,10 @@ impl Server {
             if matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) {
                 return Ok(Instant::now());
             }
-            anyhow::ensure!(Instant::now() < give_up, "{url} not ready within {within:?}");
+            anyhow::ensure!(
+                Instant::now() < give_up,
+                "{url} not ready within {within:?}"
+            );
             anyhow::ensure!(
                 std::path::Path::new(&format!("/proc/{}", self.pid)).exists(),
                 "server exited"
@@ -253,15 +264,24 @@ impl StatusBench {
             if want("connections") {
                 for round in 0..self.rounds {
                     for ours in [false, true] {
-                        let r = self.connections_round(&bin, vhost.url(), ours, round).await?;
+                        let r = self
+                            .connections_round(&bin, vhost.url(), ours, round)
+                            .await?;
                         eprintln!("{r:?}");
                         report.connections.push(r);
                     }
                 }
             }
             if want("latency") || want("poll") {
-                self.latency_and_poll(&bin, vhost.url(), duration, &mut report, want("latency"), want("poll"))
-                    .await?;
+                self.latency_and_poll(
+                    &bin,
+                    vhost.url(),
+                    duration,
+                    &mut report,
+                    want("latency"),
+                    want("poll"),
+                )
+                .await?;
             }
             anyhow::Ok(())
         }
@@ -285,7 +305,9 @@ impl StatusBench {
         round: usize,
     ) -> anyhow::Result<ConnRound> {
         let server = if ours {
-            Server::order_status(bin, amqp_url, Duration::from_secs(60)).await?.0
+            Server::order_status(bin, amqp_url, Duration::from_secs(60))
+                .await?
+                .0
         } else {
             Server::trivial().await?
         };
@@ -320,7 +342,11 @@ impl StatusBench {
         }
         let ok = n - failed;
         let result = ConnRound {
-            server: if ours { "order-status" } else { "trivial axum echo" },
+            server: if ours {
+                "order-status"
+            } else {
+                "trivial axum echo"
+            },
             connections: ok,
             rss_before_kib: before,
             rss_after_kib: after,
@@ -358,16 +384,37 @@ impl StatusBench {
         // Every order accepted first (worker-format events straight into the stream).
         let conn = shared::amqp::connect(amqp_url, "xsolla-bench status publisher").await?;
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let accepted: Vec<(Vec<u8>, BasicProperties)> = (0..total)
             .map(|i| {
-                let mut e = OrderEvent::new(EventKind::Accepted, Some(PROJECT), &order_of(i).to_string(), &user_of(i));
-                e.items = vec![order_events::EventItem { sku: "com.xsolla.item_1".into(), quantity: 1, amount: Some("30".into()) }];
-                e.price = Some(order_events::Price { amount: "30".into(), currency: "USD".into() });
+                let mut e = OrderEvent::new(
+                    EventKind::Accepted,
+                    Some(PROJECT),
+                    &order_of(i).to_string(),
+                    &user_of(i),
+                );
+                e.items = vec![order_events::EventItem {
+                    sku: "com.xsolla.item_1".into(),
+                    quantity: 1,
+                    amount: Some("30".into()),
+                }];
+                e.price = Some(order_events::Price {
+                    amount: "30".into(),
+                    currency: "USD".into(),
+                });
                 e.to_message()
             })
             .collect();
-        publish_many(&channel, accepted.into_iter().map(|(b, p)| ("", order_events::STREAM, b, p)), 500).await?;
+        publish_many(
+            &channel,
+            accepted
+                .into_iter()
+                .map(|(b, p)| ("", order_events::STREAM, b, p)),
+            500,
+        )
+        .await?;
         let (server, _) = Server::order_status(bin, amqp_url, Duration::from_secs(60)).await?;
         let ws_url = format!("ws://{}/connection/websocket", server.addr);
         let received: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
@@ -375,7 +422,12 @@ impl StatusBench {
             .map(|u| {
                 let (url, received) = (ws_url.clone(), received.clone());
                 async move {
-                    open_client(&url, Some(mint_jwt(SECRET, &format!("u{u}"), HOUR)), Some(received)).await
+                    open_client(
+                        &url,
+                        Some(mint_jwt(SECRET, &format!("u{u}"), HOUR)),
+                        Some(received),
+                    )
+                    .await
                 }
             })
             .buffer_unordered(64)
@@ -386,9 +438,11 @@ impl StatusBench {
         if latency {
             // The baseline reader: a plain stream consumer in this process, at the same time.
             let raw_received: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-            let raw_conn = shared::amqp::connect(amqp_url, "xsolla-bench raw stream reader").await?;
+            let raw_conn =
+                shared::amqp::connect(amqp_url, "xsolla-bench raw stream reader").await?;
             let raw_channel = raw_conn.create_channel().await?;
-            let mut consumer = order_events::subscribe(&raw_channel, StartAt::First, 500, "bench-raw").await?;
+            let mut consumer =
+                order_events::subscribe(&raw_channel, StartAt::First, 500, "bench-raw").await?;
             let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let raw_task = {
                 let (raw_received, seen) = (raw_received.clone(), seen.clone());
@@ -413,13 +467,15 @@ impl StatusBench {
             };
             // Let the raw reader pass the backlog of acceptances first.
             let until = Instant::now() + Duration::from_secs(60);
-            while seen.load(std::sync::atomic::Ordering::Relaxed) < total && Instant::now() < until {
+            while seen.load(std::sync::atomic::Ordering::Relaxed) < total && Instant::now() < until
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             let load_before = uptime();
             let cpu_before = proc::cpu_seconds_of(&server.pid);
-            let times: Arc<Mutex<Vec<Option<(Instant, Instant)>>>> = Arc::new(Mutex::new(vec![None; total]));
+            let times: Arc<Mutex<Vec<Option<(Instant, Instant)>>>> =
+                Arc::new(Mutex::new(vec![None; total]));
             let period = Duration::from_secs_f64(1.0 / rate as f64);
             let t0 = tokio::time::Instant::now() + Duration::from_millis(10);
             let mut tasks = Vec::with_capacity(total);
@@ -429,9 +485,17 @@ impl StatusBench {
                 let (channel, times) = (channel.clone(), times.clone());
                 let user = user_of(i);
                 tasks.push(tokio::spawn(async move {
-                    let e = OrderEvent::new(EventKind::Granted, Some(PROJECT), &order_of(i).to_string(), &user);
+                    let e = OrderEvent::new(
+                        EventKind::Granted,
+                        Some(PROJECT),
+                        &order_of(i).to_string(),
+                        &user,
+                    );
                     let sent = Instant::now();
-                    if order_events::publish(&channel, &e, Duration::from_secs(10)).await.is_ok() {
+                    if order_events::publish(&channel, &e, Duration::from_secs(10))
+                        .await
+                        .is_ok()
+                    {
                         times.lock().unwrap()[i] = Some((sent, Instant::now()));
                     }
                 }));
@@ -496,14 +560,20 @@ impl StatusBench {
                 .collect();
             // Check once that ours answers 200 with the order.
             let check = reqwest::Client::new()
-                .get(format!("http://{}/api/v2/project/{PROJECT}/order/{}", server.addr, jwts[0].0))
+                .get(format!(
+                    "http://{}/api/v2/project/{PROJECT}/order/{}",
+                    server.addr, jwts[0].0
+                ))
                 .bearer_auth(&jwts[0].1)
                 .send()
                 .await?;
             anyhow::ensure!(check.status() == 200, "poll check: {}", check.status());
             eprintln!("poll check: {}", check.text().await?);
             for _ in 0..self.rounds {
-                for (name, s) in [("trivial axum handler", &trivial), ("order-status", &server)] {
+                for (name, s) in [
+                    ("trivial axum handler", &trivial),
+                    ("order-status", &server),
+                ] {
                     let r = poll_round(name, s, &jwts, duration).await?;
                     eprintln!("{r:?}");
                     report.poll.push(r);
@@ -523,7 +593,9 @@ impl StatusBench {
         vhost::declare_topology(amqp_url).await?;
         let conn = shared::amqp::connect(amqp_url, "xsolla-bench status filler").await?;
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         // Half raw order_paid webhooks as the ingress publishes them (the stream's binding
         // files them; published here straight to the stream to keep the work queue out),
         // half granted events: one accepted + one granted per order.
@@ -555,60 +627,73 @@ impl StatusBench {
                 .set_int(header::PROJECT_ID, PROJECT as i64)
                 .set_str(header::TRACEPARENT, &envelope::new_traceparent());
             let props = envelope::properties(&format!("paid-{order}"), headers);
-            let (gb, gp) = OrderEvent::new(EventKind::Granted, Some(PROJECT), &order.to_string(), &user).to_message();
-            [("", order_events::STREAM, body, props), ("", order_events::STREAM, gb, gp)]
+            let (gb, gp) =
+                OrderEvent::new(EventKind::Granted, Some(PROJECT), &order.to_string(), &user)
+                    .to_message();
+            [
+                ("", order_events::STREAM, body, props),
+                ("", order_events::STREAM, gb, gp),
+            ]
         });
         publish_many(&channel, messages, 500).await?;
         let fill_s = started.elapsed().as_secs_f64();
         let total = orders * 2;
-        eprintln!("filled {total} in {fill_s:.1} s ({:.0}/s), load {}", total as f64 / fill_s, uptime());
+        eprintln!(
+            "filled {total} in {fill_s:.1} s ({:.0}/s), load {}",
+            total as f64 / fill_s,
+            uptime()
+        );
         let _ = conn.close(200, "done".into()).await;
         let mut rounds = Vec::new();
         for _ in 0..self.rounds {
-          for decode in [false, true] {
-            // Baseline: a plain consumer (the feed's prefetch and ack batching) to the end;
-            // once as is, once also decoding each message as the feed does.
-            let load = uptime();
-            let cpu0 = proc::cpu_seconds_of("self");
-            let started = Instant::now();
-            let c = shared::amqp::connect(amqp_url, "xsolla-bench raw catch-up").await?;
-            let ch = c.create_channel().await?;
-            let mut consumer = order_events::subscribe(&ch, StartAt::First, 500, "bench-catchup").await?;
-            let mut n = 0usize;
-            let mut unacked = 0;
-            while n < total {
-                let Some(d) = consumer.next().await else { break };
-                let d = d?;
-                // The same decode the feed does, so the baseline reads what it reads.
-                if decode {
-                    std::hint::black_box(order_events::decode_delivery(&d));
+            for decode in [false, true] {
+                // Baseline: a plain consumer (the feed's prefetch and ack batching) to the end;
+                // once as is, once also decoding each message as the feed does.
+                let load = uptime();
+                let cpu0 = proc::cpu_seconds_of("self");
+                let started = Instant::now();
+                let c = shared::amqp::connect(amqp_url, "xsolla-bench raw catch-up").await?;
+                let ch = c.create_channel().await?;
+                let mut consumer =
+                    order_events::subscribe(&ch, StartAt::First, 500, "bench-catchup").await?;
+                let mut n = 0usize;
+                let mut unacked = 0;
+                while n < total {
+                    let Some(d) = consumer.next().await else {
+                        break;
+                    };
+                    let d = d?;
+                    // The same decode the feed does, so the baseline reads what it reads.
+                    if decode {
+                        std::hint::black_box(order_events::decode_delivery(&d));
+                    }
+                    n += 1;
+                    unacked += 1;
+                    if unacked >= 100 {
+                        d.acker.ack(BasicAckOptions { multiple: true }).await?;
+                        unacked = 0;
+                    }
                 }
-                n += 1;
-                unacked += 1;
-                if unacked >= 100 {
-                    d.acker.ack(BasicAckOptions { multiple: true }).await?;
-                    unacked = 0;
-                }
+                let seconds = started.elapsed().as_secs_f64();
+                let _ = c.close(200, "done".into()).await;
+                let r = CatchupRound {
+                    reader: if decode {
+                        "plain lapin consumer + shared::order_events::decode"
+                    } else {
+                        "plain lapin consumer"
+                    },
+                    seconds,
+                    per_s: n as f64 / seconds,
+                    rss_mib: 0.0,
+                    cpu_s: proc::cpu_seconds_of("self") - cpu0,
+                    load,
+                };
+                eprintln!("{r:?}");
+                rounds.push(r);
             }
-            let seconds = started.elapsed().as_secs_f64();
-            let _ = c.close(200, "done".into()).await;
-            let r = CatchupRound {
-                reader: if decode {
-                    "plain lapin consumer + shared::order_events::decode"
-                } else {
-                    "plain lapin consumer"
-                },
-                seconds,
-                per_s: n as f64 / seconds,
-                rss_mib: 0.0,
-                cpu_s: proc::cpu_seconds_of("self") - cpu0,
-                load,
-            };
-            eprintln!("{r:?}");
-            rounds.push(r);
-          }
             let load = uptime();
-            let (server, seconds) = Server::order_status(bin, amqp_url, Duration::from_secs(600)).await?;
+            let (server, seconds) =
+                Server::order_status(bin, amqp_url, Duration::from_secs(600)).await?;
             let r = CatchupRound {
                 reader: "order-status (start → /readyz 200)",
                 seconds,
@@ -636,8 +721,7 @@ async fn publish_many(
     messages: impl Iterator<Item = (&'static str, &'static str, Vec<u8>, BasicProperties)>,
     in_flight: usize,
 ) -> anyhow::Result<()> {
-    let mut pending: FuturesUnordered<lapin::PublisherConfirm> =
-        FuturesUnordered::new();
+    let mut pending: FuturesUnordered<lapin::PublisherConfirm> = FuturesUnordered::new();
     for (exchange, key, body, props) in messages {
         if pending.len() >= in_flight
             && let Some(c) = futures_util::StreamExt::next(&mut pending).await
@@ -645,7 +729,13 @@ async fn publish_many(
             anyhow::ensure!(c?.is_ack(), "nacked");
         }
         let confirm = channel
-            .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &body, props)
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
             .await?;
         pending.push(confirm);
     }
@@ -669,7 +759,9 @@ async fn open_client(
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
     let is_ours = jwt.is_some();
     let hello = match &jwt {
-        Some(jwt) => json!({"connect": {"data": {"auth": jwt, "project_id": PROJECT}}, "id": 1}).to_string(),
+        Some(jwt) => {
+            json!({"connect": {"data": {"auth": jwt, "project_id": PROJECT}}, "id": 1}).to_string()
+        }
         None => "hello".to_owned(),
     };
     ws.send(Message::Text(hello.into())).await?;
@@ -703,7 +795,9 @@ async fn open_client(
             if let Some(received) = &received {
                 // One JSON per frame, or several separated by newlines.
                 for line in t.as_str().lines() {
-                    let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+                    let Ok(v) = serde_json::from_str::<Value>(line) else {
+                        continue;
+                    };
                     let p = &v["push"]["pub"]["data"];
                     if p["status"] == "done"
                         && let Some(o) = p["order_id"].as_u64()
@@ -754,7 +848,13 @@ async fn poll_round(
                             .headers
                             .iter()
                             .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                            .and_then(|h| {
+                                std::str::from_utf8(h.value)
+                                    .ok()?
+                                    .trim()
+                                    .parse::<usize>()
+                                    .ok()
+                            })
                             .unwrap_or(0);
                         if filled >= head + len {
                             let code = resp.code.unwrap_or(0);
@@ -882,8 +982,16 @@ pub fn markdown(r: &StatusReport) -> String {
         for (i, c) in r.connections.iter().enumerate() {
             out += &format!(
                 "| {} | {} | {} | {} → {} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
-                i / 2 + 1, c.server, c.connections, c.rss_before_kib, c.rss_after_kib,
-                c.kib_per_connection, c.client_kib_per_connection, c.open_s, c.failed, c.load
+                i / 2 + 1,
+                c.server,
+                c.connections,
+                c.rss_before_kib,
+                c.rss_after_kib,
+                c.kib_per_connection,
+                c.client_kib_per_connection,
+                c.open_s,
+                c.failed,
+                c.load
             );
         }
         out += "\n";
@@ -891,13 +999,24 @@ pub fn markdown(r: &StatusReport) -> String {
     if let Some(l) = &r.latency {
         out += &format!(
             "latency: {} users, {} grants measured at {:.0}/s, order-status CPU {:.1} µs/grant, RSS {:.1} MiB, load {}\n\n| | count | missing | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n",
-            l.users, l.grants_measured, l.achieved_rate, l.status_cpu_us_per_grant, l.status_rss_mib, l.load
+            l.users,
+            l.grants_measured,
+            l.achieved_rate,
+            l.status_cpu_us_per_grant,
+            l.status_rss_mib,
+            l.load
         );
         for (name, d) in [
             ("order-status: confirm → done", &l.ours_from_confirm),
-            ("raw stream consumer: confirm → delivery", &l.raw_from_confirm),
+            (
+                "raw stream consumer: confirm → delivery",
+                &l.raw_from_confirm,
+            ),
             ("order-status: publish → done", &l.ours_from_publish),
-            ("raw stream consumer: publish → delivery", &l.raw_from_publish),
+            (
+                "raw stream consumer: publish → delivery",
+                &l.raw_from_publish,
+            ),
             ("publish → confirm", &l.publish_to_confirm),
         ] {
             out += &format!(
@@ -912,7 +1031,12 @@ pub fn markdown(r: &StatusReport) -> String {
         for (i, p) in r.poll.iter().enumerate() {
             out += &format!(
                 "| {} | {} | {:.0} | {} | {:.1} | {} |\n",
-                i / 2 + 1, p.server, p.answers_per_s, p.non_200, p.server_cpu_us_per_answer, p.load
+                i / 2 + 1,
+                p.server,
+                p.answers_per_s,
+                p.non_200,
+                p.server_cpu_us_per_answer,
+                p.load
             );
         }
         out += "\n";
@@ -925,7 +1049,13 @@ pub fn markdown(r: &StatusReport) -> String {
         for (i, x) in c.rounds.iter().enumerate() {
             out += &format!(
                 "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {} |\n",
-                i / 3 + 1, x.reader, x.seconds, x.per_s, x.rss_mib, x.cpu_s, x.load
+                i / 3 + 1,
+                x.reader,
+                x.seconds,
+                x.per_s,
+                x.rss_mib,
+                x.cpu_s,
+                x.load
             );
         }
     }
