@@ -43,6 +43,9 @@ use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 
 use crate::proc;
 
+/// When one grant was published, and when the broker confirmed it.
+type SentConfirmed = (Instant, Instant);
+
 const PROJECT: u64 = 18404;
 const SECRET: &str = "xsolla-bench-status-secret";
 const HOUR: Duration = Duration::from_secs(3600);
@@ -474,7 +477,7 @@ impl StatusBench {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let load_before = uptime();
             let cpu_before = proc::cpu_seconds_of(&server.pid);
-            let times: Arc<Mutex<Vec<Option<(Instant, Instant)>>>> =
+            let times: Arc<Mutex<Vec<Option<SentConfirmed>>>> =
                 Arc::new(Mutex::new(vec![None; total]));
             let period = Duration::from_secs_f64(1.0 / rate as f64);
             let t0 = tokio::time::Instant::now() + Duration::from_millis(10);
