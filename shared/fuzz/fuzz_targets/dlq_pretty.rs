@@ -37,6 +37,16 @@ const NAMES: &[&str] = &[
     "x-project-id",
 ];
 
+/// An AMQP short string holds at most 255 bytes (`ShortString::from` panics past that).
+fn short(mut s: String) -> ShortString {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    ShortString::from(s)
+}
+
 fn value(u: &mut Unstructured, depth: u8) -> Result<AMQPValue> {
     Ok(match u.int_in_range(0..=5)? {
         0 => AMQPValue::LongLongInt(u.arbitrary()?),
@@ -65,7 +75,7 @@ fn table(u: &mut Unstructured, depth: u8) -> Result<FieldTable> {
                 .to_owned()
         };
         let name = if u.ratio(1, 8)? { u.arbitrary::<String>()? } else { name };
-        t.insert(ShortString::from(name), value(u, depth)?);
+        t.insert(short(name), value(u, depth)?);
     }
     Ok(t)
 }
@@ -90,7 +100,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
 
     let mut props = BasicProperties::default().with_headers(headers);
     if let Some(id) = message_id {
-        props = props.with_message_id(ShortString::from(id));
+        props = props.with_message_id(short(id));
     }
     let m = DeadLetter::new(props, body);
     check("show", &render::show_text(&m, copies));
