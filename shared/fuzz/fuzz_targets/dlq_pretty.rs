@@ -71,17 +71,31 @@ fn table(u: &mut Unstructured, depth: u8) -> Result<FieldTable> {
             (*u.choose(NAMES)?).to_owned()
         } else {
             // x-death entries' own keys, or anything at all.
-            (*u.choose(&["reason", "queue", "time", "count", "routing-keys", "exchange"])?)
-                .to_owned()
+            (*u.choose(&[
+                "reason",
+                "queue",
+                "time",
+                "count",
+                "routing-keys",
+                "exchange",
+            ])?)
+            .to_owned()
         };
-        let name = if u.ratio(1, 8)? { u.arbitrary::<String>()? } else { name };
+        let name = if u.ratio(1, 8)? {
+            u.arbitrary::<String>()?
+        } else {
+            name
+        };
         t.insert(short(name), value(u, depth)?);
     }
     Ok(t)
 }
 
 fn check(what: &str, out: &str) {
-    if let Some(c) = out.chars().find(|&c| is_unsafe(c) && c != '\n' && c != '\t') {
+    if let Some(c) = out
+        .chars()
+        .find(|&c| is_unsafe(c) && c != '\n' && c != '\t')
+    {
         panic!("{what}: raw {c:?} in {out:?}");
     }
 }

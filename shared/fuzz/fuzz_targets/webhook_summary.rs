@@ -30,5 +30,8 @@ fuzz_target!(|data: &[u8]| {
         summary.transaction_id,
         id_at(&v, &["billing", "transaction", "id"]).or_else(|| id_at(&v, &["transaction", "id"]))
     );
-    assert!(summary.dedup_id.len() <= 255, "AMQP message_id is a short string");
+    assert!(
+        summary.dedup_id.len() <= 255,
+        "AMQP message_id is a short string"
+    );
 });
