@@ -82,6 +82,9 @@ pub fn summarize(body: &[u8]) -> Result<Summary, WebhookError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(WebhookError::NotJson("top level is not an object".into()));
     }
+    // The head reader skips what it does not read without checking it as a `Value` would
+    // (UTF-8, `\u` surrogates, number range, nesting depth): one checking pass first.
+    pruned::check(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
     let head: head::Head =
         serde_json::from_slice(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
     let notification_type = head
@@ -491,6 +494,43 @@ mod tests {
                 field: "items[1].sku".into()
             })
         );
+    }
+
+    /// Found by fuzzing (`shared/fuzz`): both readers skipped the fields they do not read
+    /// with serde's `IgnoredAny`, which serde_json does not check as a `Value` does, so
+    /// bodies that are not JSON a `Value` accepts were summarised at the edge and fulfilled
+    /// by the worker (where `read` must answer as `fulfilment` on the full tree does).
+    #[test]
+    fn fields_not_read_are_still_checked_as_json() {
+        let order = r#""notification_type":"order_paid","order":{"id":1},"user":{"id":"u"},"items":[{"sku":"a","quantity":1}]"#;
+        let bodies: [&[u8]; 5] = [
+            br#""x":1e400"#,
+            br#""x":"\ud800""#,
+            br#""x":{"\udc00":1}"#,
+            b"\"x\":\"\xff\"",
+            b"\"x\":[\"a\",\"\xc3\"]",
+        ];
+        let deep = format!(r#""x":{}1{}"#, "[".repeat(200), "]".repeat(200));
+        for extra in bodies.iter().copied().chain([deep.as_bytes()]) {
+            let mut body = format!("{{{order},").into_bytes();
+            body.extend_from_slice(extra);
+            body.push(b'}');
+            let shown = String::from_utf8_lossy(&body);
+            assert!(parse_value(&body).is_err(), "{shown}");
+            assert!(
+                matches!(summarize(&body), Err(WebhookError::NotJson(_))),
+                "{shown}"
+            );
+            for mode in [FulfilmentMode::default(), FulfilmentMode { payments: true }] {
+                assert!(
+                    matches!(mode.read(&body), Err(WebhookError::NotJson(_))),
+                    "{shown}"
+                );
+            }
+        }
+        let ok = format!(r#"{{{order},"x":{{"y":["\ud83d\ude00",1e300,"é"]}}}}"#);
+        assert!(summarize(ok.as_bytes()).is_ok());
+        assert!(FulfilmentMode::default().read(ok.as_bytes()).is_ok());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// What to keep below a key.
@@ -89,7 +89,7 @@ impl<'de> Visitor<'de> for Fields {
                     kept.insert((*name).to_owned(), map.next_value_seed(Pruned(shape))?);
                 }
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Checked>()?;
                 }
             }
         }
@@ -97,7 +97,7 @@ impl<'de> Visitor<'de> for Fields {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Checked>()?.is_some() {}
         Ok(Value::Null)
     }
 
@@ -147,4 +147,65 @@ impl<'de> Visitor<'de> for Key {
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
         Ok(self.0.iter().find(|(name, _)| *name == key))
     }
+}
+
+/// A value read and dropped, checked exactly as a `Value` would check it. `IgnoredAny` is
+/// not enough: serde_json skips it without validating UTF-8 or `\u` surrogates, without
+/// the range of numbers (`1e400`) and without the nesting limit, so a body the full tree
+/// refuses would be read (found by the `pruned_vs_full` fuzz target).
+pub(super) struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+        d.deserialize_any(Checked)
+    }
+}
+
+impl<'de> Visitor<'de> for Checked {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+}
+
+/// Whether `body` is one JSON value that a `serde_json::Value` would read, without building it.
+pub(super) fn check(body: &[u8]) -> serde_json::Result<()> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::Deserialize::deserialize(&mut de).map(|Checked| ())?;
+    de.end()
 }
