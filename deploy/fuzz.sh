@@ -9,7 +9,9 @@
 # Needs cargo-fuzz (installed here at a pinned version when missing) and libFuzzer, which
 # the libfuzzer-sys crate builds. Stable Rust: cargo-fuzz's `-Zsanitizer=address` and
 # sancov flags are nightly-only, so the build runs with RUSTC_BOOTSTRAP=1. All targets
-# are built once, into one target dir (shared/fuzz/target). A crash fails the script and
+# are built once, into one target dir, kept between runs outside the checkout
+# (FUZZ_TARGET_DIR, default ~/.cache/xsolla-bridge/fuzz-target: a sanitizer build of the
+# whole worker takes minutes cold, about a minute warm). A crash fails the script and
 # prints the input that caused it (shared/fuzz/artifacts/<target>/); reproduce it with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir shared/fuzz <target> <artifact>
 # New inputs found go to shared/fuzz/target/corpus/<target>, never into the committed seeds.
@@ -21,6 +23,7 @@ cd "$(repo_root)"
 CARGO_FUZZ_VERSION=0.13.2
 FUZZ_DIR=shared/fuzz
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
+FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/xsolla-bridge/fuzz-target}"
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
@@ -36,7 +39,7 @@ fi
 
 info "building the fuzz targets"
 start=$SECONDS
-cargo fuzz build --fuzz-dir "$FUZZ_DIR"
+cargo fuzz build --fuzz-dir "$FUZZ_DIR" --target-dir "$FUZZ_TARGET_DIR"
 info "built in $((SECONDS - start)) s"
 
 failed=()
@@ -51,7 +54,8 @@ for target in "${targets[@]}"; do
 	esac
 	info "fuzzing $target for ${FUZZ_SECONDS}s"
 	# -timeout: one input taking over 10 s is a hang; -rss_limit_mb: well under 24 GiB.
-	if ! cargo fuzz run --fuzz-dir "$FUZZ_DIR" "$target" "$found" "$seeds" -- \
+	if ! cargo fuzz run --fuzz-dir "$FUZZ_DIR" --target-dir "$FUZZ_TARGET_DIR" \
+		"$target" "$found" "$seeds" -- \
 		-max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
 		-max_len=16384 -print_final_stats=1 -artifact_prefix="$artifacts/" \
 		"${dict[@]}" 2>"$FUZZ_DIR/target/$target.log"; then
