@@ -58,16 +58,8 @@ impl Setup {
 
     /// `order_paid` for `order` of `user`, as the ingress publishes it.
     async fn paid(&self, order: u64, user: &str) {
-        let body = tests::fixtures::with(
-            "order_paid_combined",
-            &[
-                ("/order/id", json!(order)),
-                ("/billing/transaction/id", json!(order)),
-                ("/user/external_id", json!(user)),
-            ],
-        );
         self.broker
-            .publish_webhook(&body)
+            .publish_webhook(&paid_body(order, user))
             .await
             .expect("order_paid");
     }
@@ -93,6 +85,18 @@ impl Setup {
             .await
             .expect("worker event");
     }
+}
+
+/// A combined-mode `order_paid` (project 18404) for `order` of `user`.
+fn paid_body(order: u64, user: &str) -> Vec<u8> {
+    tests::fixtures::with(
+        "order_paid_combined",
+        &[
+            ("/order/id", json!(order)),
+            ("/billing/transaction/id", json!(order)),
+            ("/user/external_id", json!(user)),
+        ],
+    )
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -985,4 +989,58 @@ async fn slow_http_clients_are_dropped_but_websockets_outlive_the_http_timers() 
     }
     s.paid(9101, "u-http").await;
     assert_eq!(pushed(&ws.reply().await).0, 9101);
+}
+
+/// The stream is durable: a restart of the broker loses no order event. The running
+/// instance reconnects and still answers; a fresh one started after the restart reads the
+/// same statuses from the stream.
+#[tokio::test]
+async fn private_broker_events_survive_a_broker_restart() {
+    let broker = tests::rabbit::PrivateBroker::start()
+        .await
+        .expect("private broker");
+    let url = broker.amqp_url();
+    {
+        let topology = Topology::default();
+        let publisher = Broker::connect(&url, &topology).await.unwrap();
+        publisher
+            .publish_webhook(&paid_body(13001, "u13"))
+            .await
+            .unwrap();
+        publisher
+            .publish_webhook(&paid_body(13002, "u13"))
+            .await
+            .unwrap();
+        let events = Session::open(&url, "test-events", &topology).await.unwrap();
+        let granted = OrderEvent::new(EventKind::Granted, Some(PROJECT), "13001", "u13");
+        order_events::publish(events.channel(), &granted, Duration::from_secs(10))
+            .await
+            .unwrap();
+        events.close().await;
+        publisher.close().await;
+    }
+    let jwt = mint_jwt(TEST_JWT_SECRET, "u13", HOUR);
+    let running = RunningStatus::start(&url, &[]).await.unwrap();
+    wait_poll_status(&running, 13001, &jwt, "done").await;
+    wait_poll_status(&running, 13002, &jwt, "paid").await;
+
+    broker.restart_node().await.expect("broker restarts");
+    running.wait_ready(Duration::from_secs(60)).await.unwrap();
+    wait_poll_status(&running, 13001, &jwt, "done").await;
+    let fresh = RunningStatus::start(&url, &[]).await.unwrap();
+    wait_poll_status(&fresh, 13001, &jwt, "done").await;
+    wait_poll_status(&fresh, 13002, &jwt, "paid").await;
+    let mut c = Client::open(&fresh).await;
+    c.connect(&jwt, PROJECT).await;
+    let history = c.history(&channel("u13"), 2).await;
+    assert_eq!(
+        statuses(&history),
+        [
+            (13001, "paid".to_owned()),
+            (13002, "paid".to_owned()),
+            (13001, "done".to_owned())
+        ]
+    );
+    running.kill().await.unwrap();
+    fresh.kill().await.unwrap();
 }
