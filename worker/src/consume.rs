@@ -26,7 +26,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     order::Recorder,
-    process::{Context, Message, process},
+    process::{Context, Message, process_read},
     settle::{Settled, requeue, settle},
 };
 
@@ -58,7 +58,7 @@ pub async fn consume(
 ) {
     let tracker = TaskTracker::new();
     let handler = Arc::new(Handler {
-        recorder: Recorder::new(ctx.mode, options.topology.clone()),
+        recorder: Recorder::new(options.topology.clone()),
         ctx,
         link: link.clone(),
         publish_timeout: options.publish_timeout,
@@ -193,11 +193,21 @@ async fn handle(handler: Arc<Handler>, delivery: Delivery) {
     // A bug must not strand the delivery unacked (and its prefetch slot taken) for the life
     // of the channel: requeue it, and the work queue's delivery limit parks it in the DLQ
     // if it keeps failing this way.
-    let label = match AssertUnwindSafe(process(ctx, &message))
+    let read = ctx.mode.read(message.body);
+    let label = match AssertUnwindSafe(process_read(ctx, &message, &read))
         .catch_unwind()
         .await
     {
-        Ok(outcome) => match settle(link, publish_timeout, &delivery, &outcome, recorder).await {
+        Ok(outcome) => match settle(
+            link,
+            publish_timeout,
+            &delivery,
+            &outcome,
+            read.as_ref().ok(),
+            recorder,
+        )
+        .await
+        {
             Settled::Acked => outcome.label(),
             Settled::Requeued | Settled::Abandoned => "requeued",
         },

@@ -123,8 +123,18 @@ impl Outcome {
 
 /// Reads the event, calls the inventory API (with quick in-process retries) and decides.
 pub async fn process(ctx: &Context, msg: &Message<'_>) -> Outcome {
+    process_read(ctx, msg, &ctx.mode.read(msg.body)).await
+}
+
+/// [`process`] for a body already read with `ctx.mode` (the consume loop keeps the read
+/// for the delivery's order event, so the body is parsed once).
+pub async fn process_read(
+    ctx: &Context,
+    msg: &Message<'_>,
+    read: &Result<Fulfilment, WebhookError>,
+) -> Outcome {
     let attempts = msg.prior_attempts().saturating_add(1);
-    let fulfilment = match ctx.mode.read(msg.body) {
+    let fulfilment = match read {
         Ok(f) => f,
         Err(e) => {
             let reason = match e {
@@ -141,7 +151,7 @@ pub async fn process(ctx: &Context, msg: &Message<'_>) -> Outcome {
             };
         }
     };
-    let request = InventoryRequest::new(&fulfilment, received_at(msg), route_project(msg));
+    let request = InventoryRequest::new(fulfilment, received_at(msg), route_project(msg));
     let span = tracing::info_span!(
         "fulfil",
         r#type = %fulfilment.notification_type,
@@ -150,7 +160,7 @@ pub async fn process(ctx: &Context, msg: &Message<'_>) -> Outcome {
         idempotency_key = %request.idempotency_key,
         attempts,
     );
-    fulfil(ctx, msg, &fulfilment, &request, attempts)
+    fulfil(ctx, msg, fulfilment, &request, attempts)
         .instrument(span)
         .await
 }

@@ -18,6 +18,7 @@ use shared::{
     envelope::{HeadersExt, header, now_rfc3339},
     publish::{PublishError, publish_confirmed},
     topology::{DLQ, RETRY_QUEUE_PREFIX, retry_queue_name},
+    webhook::Fulfilment,
 };
 
 use crate::{
@@ -52,6 +53,7 @@ pub async fn settle(
     publish_timeout: Duration,
     delivery: &Delivery,
     outcome: &Outcome,
+    fulfilment: Option<&Fulfilment>,
     recorder: &Recorder,
 ) -> Settled {
     // A delivery whose channel is gone will be redelivered anyway; publishing for it now
@@ -65,7 +67,7 @@ pub async fn settle(
         Outcome::Dead { .. } => target.as_ref().and_then(|(_, h)| h.get_str(header::DLQ_ID)),
         _ => None,
     };
-    let event = recorder.event_for(delivery, outcome, dlq_id.as_deref());
+    let event = recorder.event_for(delivery, outcome, fulfilment, dlq_id.as_deref());
     let publish_event = || async {
         match &event {
             Some(event) => recorder.publish(link, event, publish_timeout).await,

@@ -13,14 +13,14 @@ use lapin::message::Delivery;
 use shared::{
     envelope::{HeadersExt, header},
     order_events::{EventItem, EventKind, OrderEvent},
-    webhook::{self, Effect, FulfilmentMode},
+    webhook::{self, Effect, Fulfilment, FulfilmentMode},
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{classify::truncate, dlq::DeadLetter, process::Outcome, settle::LAST_ERROR_MAX};
 
-/// Who and what the delivery is about, read again from the body (process.rs keeps its
-/// `Fulfilment` to itself; reading a small body twice costs microseconds).
+/// Who and what the delivery is about: from the `Fulfilment` the consume loop read once,
+/// or, for a body with no usable fulfilment, from its summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Subject {
     effect: Effect,
@@ -32,12 +32,13 @@ struct Subject {
 }
 
 /// The event for `outcome` of `delivery`, or `None` when the delivery names no order (or
-/// no user: then the stream holds no acceptance for it either). `dlq_id` is the id of the
-/// DLQ copy for a Dead outcome.
+/// no user: then the stream holds no acceptance for it either). `fulfilment` is what the
+/// consume loop read from the body (`None` when it could not read one); `dlq_id` is the id
+/// of the DLQ copy for a Dead outcome.
 pub fn for_outcome(
-    mode: FulfilmentMode,
     delivery: &Delivery,
     outcome: &Outcome,
+    fulfilment: Option<&Fulfilment>,
     dlq_id: Option<&str>,
 ) -> Option<OrderEvent> {
     let route_project = delivery
@@ -46,7 +47,10 @@ pub fn for_outcome(
         .as_ref()
         .and_then(|h| h.get_int(header::PROJECT_ID))
         .and_then(|p| u64::try_from(p).ok());
-    let subject = subject(mode, &delivery.data)?;
+    let subject = match fulfilment {
+        Some(f) => from_fulfilment(f.clone())?,
+        None => from_summary(&delivery.data)?,
+    };
     let mut e = event(subject, route_project, outcome, dlq_id);
     if let Outcome::Done = outcome {
         // Retry and Dead carry their attempt; a Done's is this delivery's.
@@ -85,26 +89,34 @@ pub fn replayed(letter: &DeadLetter) -> Option<OrderEvent> {
 }
 
 fn subject(mode: FulfilmentMode, body: &[u8]) -> Option<Subject> {
-    if let Ok(f) = mode.read(body) {
-        return Some(Subject {
-            effect: f.effect,
-            project_id: f.project_id,
-            order_id: f.order_id?,
-            user_id: f.user_id,
-            items: f
-                .items
-                .into_iter()
-                .map(|i| EventItem {
-                    sku: i.sku,
-                    quantity: i.quantity,
-                    amount: None,
-                })
-                .collect(),
-            sandbox: f.sandbox,
-        });
+    match mode.read(body) {
+        Ok(f) => from_fulfilment(f),
+        Err(_) => from_summary(body),
     }
-    // Unfulfillable (bad items, say) but still an order: its dead-lettering belongs in the
-    // timeline, so read what the summary knows.
+}
+
+fn from_fulfilment(f: Fulfilment) -> Option<Subject> {
+    Some(Subject {
+        effect: f.effect,
+        project_id: f.project_id,
+        order_id: f.order_id?,
+        user_id: f.user_id,
+        items: f
+            .items
+            .into_iter()
+            .map(|i| EventItem {
+                sku: i.sku,
+                quantity: i.quantity,
+                amount: None,
+            })
+            .collect(),
+        sandbox: f.sandbox,
+    })
+}
+
+/// Unfulfillable (bad items, say) but still an order: its dead-lettering belongs in the
+/// timeline, so read what the summary knows.
+fn from_summary(body: &[u8]) -> Option<Subject> {
     let s = webhook::summarize(body).ok()?;
     let effect = match s.notification_type.as_str() {
         "order_paid" | "payment" => Effect::Grant,

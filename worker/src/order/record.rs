@@ -14,7 +14,7 @@ use shared::{
     order_events::{self, OrderEvent},
     publish::PublishError,
     topology::{self, Topology},
-    webhook::FulfilmentMode,
+    webhook::Fulfilment,
 };
 use tokio::sync::Mutex;
 
@@ -26,15 +26,13 @@ const HEAL_EVERY: Duration = Duration::from_secs(1);
 /// What the worker needs to publish order events.
 #[derive(Debug)]
 pub struct Recorder {
-    mode: FulfilmentMode,
     topology: Topology,
     last_heal: Mutex<Option<Instant>>,
 }
 
 impl Recorder {
-    pub fn new(mode: FulfilmentMode, topology: Topology) -> Recorder {
+    pub fn new(topology: Topology) -> Recorder {
         Recorder {
-            mode,
             topology,
             last_heal: Mutex::new(None),
         }
@@ -45,9 +43,10 @@ impl Recorder {
         &self,
         delivery: &Delivery,
         outcome: &Outcome,
+        fulfilment: Option<&Fulfilment>,
         dlq_id: Option<&str>,
     ) -> Option<OrderEvent> {
-        super::event::for_outcome(self.mode, delivery, outcome, dlq_id)
+        super::event::for_outcome(delivery, outcome, fulfilment, dlq_id)
     }
 
     /// Publishes `event` with a confirm on the current session of `link`. When the broker
