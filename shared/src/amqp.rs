@@ -91,6 +91,12 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     Ok(Brokers::from(url).connect(name).await?.0)
 }
 
+/// Whether `error` is the broker's `404 NOT_FOUND` (a passive declare of a queue or
+/// exchange that does not exist; the broker closes the channel with it).
+pub fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
+}
+
 /// The URL (or comma-separated list of URLs) with every password hidden, for logs and
 /// errors. Errs on the side of hiding: a part it cannot read as `scheme://[user[:pass]@]host…`
 /// shows as `<unparsable URL>`, or as `scheme://***` when only the scheme is clear. A comma

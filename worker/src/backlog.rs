@@ -102,7 +102,7 @@ impl Reporter {
                     }
                 }
                 // The broker closed our channel with 404: the next queue gets a new one.
-                Ok(Err(error)) if is_not_found(&error) => {
+                Ok(Err(error)) if shared::amqp::is_not_found(&error) => {
                     self.channel = None;
                     // No queue, no messages in it; the warning says why.
                     self.set(&queue, 0, 0);
@@ -174,10 +174,6 @@ impl Reporter {
     async fn close(&mut self) {
         self.drop_channel().await;
     }
-}
-
-fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod consume;
 pub mod dlq;
 pub mod inventory;
+mod ops_connection;
 pub mod order;
 pub mod process;
 pub mod retry;

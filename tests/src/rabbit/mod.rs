@@ -121,7 +121,7 @@ pub async fn queue_len_at(amqp_url: &str, queue: &str) -> anyhow::Result<Option<
     let _ = conn.close(200, "queue_len done".into()).await;
     match res {
         Ok(q) => Ok(Some(u64::from(q.message_count()))),
-        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) if shared::amqp::is_not_found(&e) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("passive declare of {queue}")),
     }
 }
@@ -147,10 +147,6 @@ pub async fn wait_queue_len_at(
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404)
 }
 
 mod private_broker;

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use shared::publish::PublishError;
 
+use crate::ops_connection::BrokerFailure;
+
 /// Exit codes of `worker dlq` (see the module documentation of [`crate::dlq`]).
 pub mod exit {
     /// Done.
@@ -63,19 +65,16 @@ impl DlqError {
     }
 }
 
-/// Awaits `op` for at most `after`, naming `what` in the error.
-pub(crate) async fn within<T>(
-    after: Duration,
-    what: &'static str,
-    op: impl Future<Output = lapin::Result<T>>,
-) -> Result<T, DlqError> {
-    match tokio::time::timeout(after, op).await {
-        Ok(result) => result.map_err(DlqError::broker(what)),
-        Err(_) => Err(DlqError::Timeout { what, after }),
+impl BrokerFailure for DlqError {
+    fn unreachable(url: String, reason: String) -> Self {
+        DlqError::Unreachable { url, reason }
     }
-}
 
-/// Whether `error` is the broker's `404 NOT_FOUND` (a passive declare of something absent).
-pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
+    fn timeout(what: &'static str, after: Duration) -> Self {
+        DlqError::Timeout { what, after }
+    }
+
+    fn broker(what: &'static str, source: lapin::Error) -> Self {
+        DlqError::Broker { what, source }
+    }
 }

@@ -15,17 +15,19 @@ use std::{collections::BTreeSet, time::Duration};
 use lapin::{
     Channel, Connection, ExchangeKind,
     options::{
-        BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions,
-        ExchangeDeclareOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicGetOptions, BasicNackOptions, ExchangeDeclareOptions,
+        QueueDeclareOptions,
     },
     types::FieldTable,
 };
-use shared::{amqp, topology};
-
-use super::{
-    error::{DlqError, is_not_found, within},
-    message::DeadLetter,
+use shared::{
+    amqp::{self, is_not_found},
+    topology,
 };
+
+use crate::ops_connection::{open_confirmed, within};
+
+use super::{error::DlqError, message::DeadLetter};
 
 /// A connection for `worker dlq`, with one confirm-mode channel.
 pub struct DlqConnection {
@@ -39,23 +41,7 @@ impl DlqConnection {
         brokers: impl Into<amqp::Brokers>,
         timeout: Duration,
     ) -> Result<DlqConnection, DlqError> {
-        let brokers: amqp::Brokers = brokers.into();
-        let unreachable = |reason: String| DlqError::Unreachable {
-            url: brokers.redacted(),
-            reason,
-        };
-        let connection = match tokio::time::timeout(timeout, brokers.connect("worker-dlq")).await {
-            Ok(Ok((connection, _))) => connection,
-            Ok(Err(error)) => return Err(unreachable(error.to_string())),
-            Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
-        };
-        let channel = within(timeout, "opening a channel", connection.create_channel()).await?;
-        within(
-            timeout,
-            "enabling publisher confirms",
-            channel.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
+        let (connection, channel) = open_confirmed(brokers, "worker-dlq", timeout).await?;
         Ok(DlqConnection {
             connection,
             channel,

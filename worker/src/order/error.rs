@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shared::{order_events::STREAM, publish::PublishError};
 
-use crate::dlq::exit;
+use crate::{dlq::exit, ops_connection::BrokerFailure};
 
 /// A failure of `worker order`. It only reads (and publishes one sync marker), so no
 /// failure changes anything.
@@ -42,5 +42,19 @@ impl OrderError {
 
     pub(crate) fn broker(what: &'static str) -> impl FnOnce(lapin::Error) -> OrderError {
         move |source| OrderError::Broker { what, source }
+    }
+}
+
+impl BrokerFailure for OrderError {
+    fn unreachable(url: String, reason: String) -> Self {
+        OrderError::Unreachable { url, reason }
+    }
+
+    fn timeout(what: &'static str, after: Duration) -> Self {
+        OrderError::Timeout { what, after }
+    }
+
+    fn broker(what: &'static str, source: lapin::Error) -> Self {
+        OrderError::Broker { what, source }
     }
 }

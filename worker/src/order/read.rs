@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 use futures_lite::StreamExt;
 use lapin::{
     Channel, Connection,
-    options::{BasicAckOptions, BasicCancelOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicCancelOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use shared::{
@@ -22,6 +22,7 @@ use shared::{
 use time::OffsetDateTime;
 
 use super::error::OrderError;
+use crate::ops_connection::{open_confirmed, within};
 
 /// Stream consumers need a prefetch (credit); acks only return credit.
 const PREFETCH: u16 = 1000;
@@ -46,24 +47,7 @@ impl StreamConnection {
         brokers: impl Into<amqp::Brokers>,
         timeout: Duration,
     ) -> Result<StreamConnection, OrderError> {
-        let brokers: amqp::Brokers = brokers.into();
-        let unreachable = |reason: String| OrderError::Unreachable {
-            url: brokers.redacted(),
-            reason,
-        };
-        let connection = match tokio::time::timeout(timeout, brokers.connect("worker-order")).await
-        {
-            Ok(Ok((connection, _))) => connection,
-            Ok(Err(error)) => return Err(unreachable(error.to_string())),
-            Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
-        };
-        let confirm = within(timeout, "opening a channel", connection.create_channel()).await?;
-        within(
-            timeout,
-            "enabling publisher confirms",
-            confirm.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
+        let (connection, confirm) = open_confirmed(brokers, "worker-order", timeout).await?;
         Ok(StreamConnection {
             connection,
             confirm,
@@ -165,7 +149,7 @@ impl StreamConnection {
                 let _ = tokio::time::timeout(self.timeout, close).await;
                 Ok(())
             }
-            Ok(Err(e)) if is_not_found(&e) => Err(OrderError::StreamMissing),
+            Ok(Err(e)) if amqp::is_not_found(&e) => Err(OrderError::StreamMissing),
             Ok(Err(e)) => Err(OrderError::broker("checking the stream")(e)),
             Err(_) => Err(OrderError::Timeout {
                 what: "checking the stream",
@@ -182,21 +166,6 @@ pub fn start_time(now: OffsetDateTime, since: Duration) -> OffsetDateTime {
         .and_then(|d| now.checked_sub(d))
         .filter(|t| *t >= OffsetDateTime::UNIX_EPOCH)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-async fn within<T>(
-    after: Duration,
-    what: &'static str,
-    op: impl Future<Output = lapin::Result<T>>,
-) -> Result<T, OrderError> {
-    match tokio::time::timeout(after, op).await {
-        Ok(result) => result.map_err(OrderError::broker(what)),
-        Err(_) => Err(OrderError::Timeout { what, after }),
-    }
-}
-
-fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
 }
 
 #[cfg(test)]
