@@ -356,14 +356,7 @@ pub fn max_age(retention: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../tests/fixtures/{name}.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(path).unwrap()
-    }
+    use crate::webhook::tests::fixture;
 
     #[test]
     fn reads_an_acceptance_from_the_raw_webhook_without_the_email() {

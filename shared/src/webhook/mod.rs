@@ -175,7 +175,7 @@ pub(crate) fn project_id(v: &Value) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Every file in `tests/fixtures` (the `tests` crate's list cannot be used from here).
@@ -188,7 +188,8 @@ mod tests {
         "user_validation",
     ];
 
-    fn fixture(name: &str) -> Vec<u8> {
+    /// A payload of `tests/fixtures` (Xsolla's examples), for this crate's unit tests.
+    pub(crate) fn fixture(name: &str) -> Vec<u8> {
         let path = format!(
             "{}/../tests/fixtures/{name}.json",
             env!("CARGO_MANIFEST_DIR")
