@@ -10,7 +10,6 @@ use serde_json::Value;
 use sha1::{Digest, Sha1};
 
 mod fulfilment;
-mod head;
 mod pruned;
 
 pub use fulfilment::{Effect, Fulfilment, FulfilmentMode, Item};
@@ -78,44 +77,28 @@ pub fn parse_value(body: &[u8]) -> Result<Value, WebhookError> {
 /// Reads only the [`Summary`] (what the ingress needs), checking that `body` is one
 /// well-formed JSON object with a usable `notification_type`.
 pub fn summarize(body: &[u8]) -> Result<Summary, WebhookError> {
-    // Checked first: a derived reader would also take a JSON array, field by position.
+    // Checked first, so an array or a scalar is refused as such, not as a missing type.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(WebhookError::NotJson("top level is not an object".into()));
     }
-    // The head reader skips what it does not read without checking it as a `Value` would
-    // (UTF-8, `\u` surrogates, number range, nesting depth): one checking pass first.
-    pruned::check(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
-    let head: head::Head =
-        serde_json::from_slice(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
-    let notification_type = head
-        .notification_type
-        .text
-        .filter(|t| head.notification_type.was_string && !t.is_empty())
-        .ok_or(WebhookError::NoNotificationType)?;
+    // One pass: the pruned reader checks the whole body as a `Value` would (UTF-8, `\u`
+    // surrogates, number range, nesting) and keeps only the paths the summary reads, so
+    // the ids below are read exactly as `id_at` reads them on the full tree.
+    let head =
+        pruned::parse(body, &pruned::SUMMARY).map_err(|e| WebhookError::NotJson(e.to_string()))?;
+    let notification_type = match head.get("notification_type") {
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        _ => return Err(WebhookError::NoNotificationType),
+    };
     // It becomes an AMQP routing key and a metrics label: keep it short and plain.
     let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
     if notification_type.len() > 64 || !notification_type.bytes().all(plain) {
         return Err(WebhookError::BadNotificationType);
     }
-    let order_id = head.order.0.id.id();
-    let transaction_id = head
-        .billing
-        .0
-        .transaction
-        .0
-        .id
-        .id()
-        .or_else(|| head.transaction.0.id.id());
-    let user = &head.user.0;
-    let project_id = head
-        .billing
-        .0
-        .settings
-        .0
-        .project_id
-        .id()
-        .or_else(|| head.settings.0.project_id.id())
-        .and_then(|p| p.parse().ok());
+    let order_id = id_at(&head, &["order", "id"]);
+    let transaction_id = transaction_id(&head);
+    let project_id = project_id(&head);
+    let account_id = id_at(&head, &["user", "id"]);
     let dedup_id = dedup_id(
         &notification_type,
         order_id.as_deref(),
@@ -125,9 +108,9 @@ pub fn summarize(body: &[u8]) -> Result<Summary, WebhookError> {
     Ok(Summary {
         order_id,
         transaction_id,
-        user_id: user.external_id.id().or_else(|| user.id.id()),
-        account_id: user.id.id(),
-        search_id: user.public_id.id().or_else(|| user.id.id()),
+        user_id: id_at(&head, &["user", "external_id"]).or_else(|| account_id.clone()),
+        search_id: id_at(&head, &["user", "public_id"]).or_else(|| account_id.clone()),
+        account_id,
         project_id,
         dedup_id,
         notification_type,
