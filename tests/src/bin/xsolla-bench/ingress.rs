@@ -15,7 +15,7 @@ use crate::{
     },
 };
 
-const SECRET: &str = "xsolla-bench-secret";
+pub(crate) const SECRET: &str = "xsolla-bench-secret";
 /// Unmeasured lead-in of each phase: connections opened, pools filled, caches warm.
 const WARM_UP: Duration = Duration::from_secs(1);
 
@@ -191,12 +191,12 @@ impl IngressBench {
 }
 
 /// What the load phases share.
-struct Phase<'a> {
-    amqp_url: &'a str,
-    broker: Option<&'a str>,
-    template: &'a Template,
-    concurrency: usize,
-    duration: Duration,
+pub(crate) struct Phase<'a> {
+    pub amqp_url: &'a str,
+    pub broker: Option<&'a str>,
+    pub template: &'a Template,
+    pub concurrency: usize,
+    pub duration: Duration,
 }
 
 impl Phase<'_> {
@@ -233,7 +233,10 @@ impl Phase<'_> {
     }
 
     /// The bare relay under the same closed loop as the ingress in phase 2.
-    async fn relay(&self, bin: &std::path::Path) -> anyhow::Result<(LoadReport, CpuPerItem)> {
+    pub(crate) async fn relay(
+        &self,
+        bin: &std::path::Path,
+    ) -> anyhow::Result<(LoadReport, CpuPerItem)> {
         let listen = free_addr()?;
         let env = [
             ("RELAY_LISTEN", listen.clone()),
@@ -263,13 +266,13 @@ impl Phase<'_> {
 
     /// The unmeasured lead-in of a phase, at the phase's load: connections opened, pools
     /// filled, caches warm.
-    async fn lead_in(&self, target: &lean::Target, rate: Option<f64>) {
+    pub(crate) async fn lead_in(&self, target: &lean::Target, rate: Option<f64>) {
         lean::run(target, self.template, SECRET, &self.plan(rate, WARM_UP)).await;
     }
 
     /// The measured closed loop, and the CPU the broker, the load generator and `service`
     /// spent in it per acknowledged webhook.
-    async fn closed_loop(
+    pub(crate) async fn closed_loop(
         &self,
         target: &lean::Target,
         service: &Service,

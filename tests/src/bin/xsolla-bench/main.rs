@@ -4,6 +4,7 @@
 
 mod baseline;
 mod ingress;
+mod ingress_ab;
 mod pipeline;
 mod proc;
 mod status;
@@ -26,6 +27,7 @@ use shared::config::parse_duration;
 Examples:
   cargo run --release -p tests --bin xsolla-bench -- ingress
   cargo run --release -p tests --bin xsolla-bench -- ingress --concurrency 32 --duration 20s --json
+  cargo run --release -p tests --bin xsolla-bench -- ingress-ab --rounds 3 --ingress-bin /tmp/ingress-before --ingress-bin target/release/ingress
   cargo run --release -p tests --bin xsolla-bench -- worker --messages 10000
   cargo run --release -p tests --bin xsolla-bench -- pipeline --shares 0.25,0.5,0.75
   cargo run --release -p tests --bin xsolla-bench -- status --only connections,latency,poll,catchup"
@@ -61,6 +63,9 @@ enum Command {
     /// The ingress binary (HTTP → confirmed publish) vs a plain confirmed publisher:
     /// throughput, p50/p99, p99 at half the maximum rate, peak RSS.
     Ingress(ingress::IngressBench),
+    /// `bare-relay` and one or more ingress builds in interleaved rounds of the same closed
+    /// loop: acked/s and CPU per webhook, each as a ratio to the relay of its round.
+    IngressAb(ingress_ab::IngressAb),
     /// The worker draining the queue into a demo inventory (1 and 2 workers) vs a plain
     /// consume-and-ack loop, and the pipeline end to end through the ingress.
     Worker(worker::WorkerBench),
@@ -88,6 +93,10 @@ async fn main() -> ExitCode {
             .run(&cli.amqp_url, concurrency, cli.duration)
             .await
             .and_then(|r| output(cli.json, &r, table::ingress)),
+        Command::IngressAb(bench) => bench
+            .run(&cli.amqp_url, concurrency, cli.duration)
+            .await
+            .and_then(|r| output(cli.json, &r, ingress_ab::markdown)),
         Command::Worker(bench) => bench
             .run(&cli.amqp_url, concurrency, cli.duration)
             .await
