@@ -98,13 +98,28 @@ def main(argv):
     for name in ("xsolla-ingress", "xsolla-worker", "xsolla-order-status"):
         if name not in pods:
             err("deploy/k8s", f"expected Deployment {name}")
-    st = pods.get("xsolla-order-status")
-    if st:
-        listen = ((of_kind(objs, "ConfigMap").get("xsolla-bridge") or {}).get("data") or {}).get(
-            "STATUS_LISTEN", "0.0.0.0:8081"
-        )
-        if int(listen.rsplit(":", 1)[-1]) not in st["ports"].values():
-            err("Deployment/xsolla-order-status", f"STATUS_LISTEN {listen} is not a container port")
+    # Each binary serves its probes and /metrics on its listen address: the port named `http`.
+    listen_env = {
+        "ingress": ("INGRESS_LISTEN", "0.0.0.0:8080"),
+        "worker": ("WORKER_LISTEN", "0.0.0.0:9090"),
+        "order-status": ("STATUS_LISTEN", "0.0.0.0:8081"),
+    }
+    for name, p in pods.items():
+        var, default = listen_env[p["binary"]]
+        value = (p["env"].get(var) or {}).get("value")
+        if value is None:
+            taken = [
+                r["configMapRef"].get("name")
+                for r in p["container"].get("envFrom") or []
+                if "configMapRef" in r
+            ]
+            found = [((of_kind(objs, "ConfigMap").get(n) or {}).get("data") or {}).get(var) for n in taken]
+            value = next((v for v in found if v), default)
+        if int(value.rsplit(":", 1)[-1]) != p["ports"].get("http"):
+            err(
+                f"Deployment/{name}",
+                f"{var} {value} is not its container port `http` ({p['ports'].get('http')})",
+            )
     services = check_services(objs, pods, broker)
     app_users = {}
     if broker:

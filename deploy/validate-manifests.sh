@@ -97,6 +97,7 @@ networkpolicy.yaml|s/{k8s-app: kube-dns}/{k8s-app: coredns}/|the worker pods -> 
 monitoring.yaml|s/port: prometheus-tls/port: prometheus/|endpoint port 'prometheus' is not a named port
 order-status.yaml|s/containerPort: 8081}/containerPort: "8081"}/|is not of type 'integer' (Kubernetes 1.32.0 schema)
 kustomization.yaml|/monitoring.yaml/d|monitoring.yaml is not listed in resources
+configmap.yaml|s/WORKER_LISTEN: "0.0.0.0:9090"/WORKER_LISTEN: "0.0.0.0:9091"/|WORKER_LISTEN 0.0.0.0:9091 is not its container port `http`
 EOF
 echo "    $selftests broken copies refused"
 echo "==> Kubernetes manifests OK"
