@@ -7,6 +7,9 @@
 #   ensure_tools      cargo and cargo-nextest are there (installs nextest from crates.io).
 #   ensure_clients    the real order-status clients (tests/clients/: centrifuge-js with ws,
 #                     centrifuge-python) are installed at their pinned versions.
+#   ensure_kubernetes_validate
+#                     PyPI kubernetes-validate (deploy/k8s-validate-requirements.txt) is in a
+#                     cache directory, which it prints (for PYTHONPATH).
 
 AMQP_HOST="${AMQP_HOST:-127.0.0.1}"
 AMQP_PORT="${AMQP_PORT:-5672}"
@@ -140,4 +143,31 @@ then run this command again."
 		rm -rf "$py_dir/.deps"
 		mv "$py_dir/.deps.new" "$py_dir/.deps"
 	fi
+}
+
+# kubernetes-validate and its dependencies at the versions of deploy/k8s-validate-requirements.txt,
+# `pip install --no-deps --target` into a cache directory named after that file's hash and the
+# interpreter (rpds-py is compiled), so a changed pin installs afresh and a re-run costs
+# nothing. Prints the directory: put it on PYTHONPATH.
+ensure_kubernetes_validate() {
+	local req want dir
+	req="$(repo_root)/deploy/k8s-validate-requirements.txt"
+	command -v python3 >/dev/null 2>&1 ||
+		die "python3 not found: the manifest checks need it (Debian/Ubuntu: sudo apt-get install -y python3 python3-pip)"
+	want="$(sha256sum "$req" | cut -c1-16)-$(python3 -c 'import sys; print(sys.implementation.cache_tag)')"
+	dir="${XDG_CACHE_HOME:-$HOME/.cache}/xsolla-bridge/kubernetes-validate/$want"
+	if [ ! -f "$dir/.xsolla-bridge-installed" ]; then
+		info "installing kubernetes-validate (one-off: pip --target $dir)"
+		python3 -m pip --version >/dev/null 2>&1 ||
+			die "python3 has no pip: sudo apt-get install -y python3-pip (Debian/Ubuntu), or python3 -m ensurepip"
+		rm -rf "$dir.new"
+		# Into a fresh directory, moved into place once complete (as in ensure_clients).
+		PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-input \
+			--no-deps --only-binary=:all: --target "$dir.new" -r "$req" >&2 ||
+			die "pip install failed for deploy/k8s-validate-requirements.txt (output above)"
+		touch "$dir.new/.xsolla-bridge-installed"
+		rm -rf "$dir"
+		mv "$dir.new" "$dir"
+	fi
+	echo "$dir"
 }

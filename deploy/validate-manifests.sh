@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Offline checks of the deployment files (no cluster, no Docker engine, no downloads):
-#   * deploy/k8s/*.yaml: parse, required fields, and the cross-references that a typo
-#     breaks silently (selectors vs pod labels, probe/Service ports, envFrom targets, the
-#     kustomization's resource list);
+# Offline checks of the deployment files (no cluster, no Docker engine; the checkers come
+# from package registries, installed once into ~/.cache/xsolla-bridge):
+#   * deploy/k8s: rendered with `kubectl kustomize` (what `kubectl apply -k` sends), then
+#     deploy/check-k8s.py: the core kinds against Kubernetes' schemas (PyPI
+#     kubernetes-validate, pinned in deploy/k8s-validate-requirements.txt), the operators'
+#     kinds (RabbitmqCluster, User, Permission, Certificate, Issuer, ScaledObject,
+#     TriggerAuthentication, ServiceMonitor) against their CRDs' fields, and the
+#     cross-references a typo breaks silently (see that file); then a self-test: deliberately
+#     broken copies must fail, each with its message;
 #   * deploy/docker-compose.yml: parse and references (plus `docker compose config` when a
 #     compose plugin is installed, and the typed Compose spec when PyPI's compose-spec is);
 #   * deploy/rabbitmq/rabbitmq.conf: `key = value` syntax;
+#   * deploy/observability: promtool on the alert rules and the dashboard's queries;
 #   * shell scripts: `bash -n`, and shellcheck when installed.
-# Needs python3 with PyYAML for the YAML checks; without it they are skipped (said so).
+# Needs python3 with pip, and kubectl (with kustomize v5: kubectl >= 1.27).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=deploy/lib.sh
+source deploy/lib.sh
+
+# The Kubernetes version whose schemas the core kinds are checked against: the CI machines'
+# kubectl (1.32); kubernetes-validate 1.32.0 carries schemas up to it.
+KUBERNETES_VERSION=1.32.0
 
 echo "==> shell scripts"
 for f in deploy/*.sh .ci/run; do bash -n "$f"; done
@@ -37,164 +49,67 @@ if python3 -c 'import compose_spec' 2>/dev/null; then
 c.PyOptions(apply_merge=True).from_yaml(open("deploy/docker-compose.yml").read()).validate()'
 fi
 
-if ! python3 -c 'import yaml' 2>/dev/null; then
-	echo "==> YAML checks skipped: python3 has no yaml module (pip install pyyaml)"
-	exit 0
-fi
+# kubernetes-validate's directory also brings PyYAML for every Python check below.
+PYTHONPATH="$(ensure_kubernetes_validate)${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH
 
-echo "==> Kubernetes manifests and docker-compose.yml"
+echo "==> Kubernetes manifests (kubectl kustomize deploy/k8s, schemas, cross-references)"
+command -v kubectl >/dev/null 2>&1 ||
+	die "kubectl not found: it renders deploy/k8s (kubectl kustomize). Install kubectl >= 1.27: https://kubernetes.io/docs/tasks/tools/"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+kubectl kustomize deploy/k8s >"$work/rendered.yaml"
+python3 deploy/check-k8s.py "$work/rendered.yaml" deploy/k8s --kubernetes-version "$KUBERNETES_VERSION"
+
+# The checks must catch a broken manifest: each line breaks a copy of deploy/k8s in one
+# place (file | sed expression | what the error must say).
+echo "==> self-test: broken copies of deploy/k8s must fail"
+selftests=0
+while IFS='|' read -r file expr want; do
+	[ -n "$file" ] || continue
+	rm -rf "$work/k8s"
+	cp -r deploy/k8s "$work/k8s"
+	sed -i -e "$expr" "$work/k8s/$file"
+	if cmp -s "$work/k8s/$file" "deploy/k8s/$file"; then
+		die "self-test: '$expr' changes nothing in $file: update the self-test"
+	fi
+	if out="$( (kubectl kustomize "$work/k8s" >"$work/broken.yaml" &&
+		python3 deploy/check-k8s.py "$work/broken.yaml" "$work/k8s" --kubernetes-version "$KUBERNETES_VERSION") 2>&1)"; then
+		die "self-test: $file with '$expr' passed the checks; expected an error saying: $want"
+	fi
+	if ! grep -qF -- "$want" <<<"$out"; then
+		printf '%s\n' "$out" >&2
+		die "self-test: $file with '$expr' failed, but not with: $want"
+	fi
+	selftests=$((selftests + 1))
+done <<'EOF'
+ingress.yaml|s/^        app.kubernetes.io\/name: xsolla-ingress$/        app.kubernetes.io\/name: xsolla-ingres/|spec.selector does not match the pod template's labels
+ingress.yaml|s/secretRef: {name: xsolla-ingress}/secretRef: {name: xsolla-worker}/|INVENTORY_TOKEN (Secret/xsolla-worker), a secret of worker
+secret.yaml|s/INVENTORY_TOKEN:/INVENTORY_TOKN:/|no INVENTORY_TOKEN
+worker.yaml|s/svc:5671\/%2f,/svc:5672\/%2f,/|port 5672: the broker's AMQPS port is 5671
+worker.yaml|s/name: AMQP_CA_FILE/name: AMQP_CA_FLIE/|env AMQP_CA_FLIE is not read by worker
+rabbitmq-tls.yaml|/server-2.xsolla-rabbitmq-nodes.xsolla-bridge.svc$/d|is not in the broker certificate's dnsNames
+rabbitmq-users.yaml|s/amq\\.default/amq\\.dflt/|does not match amq.default
+rabbitmq.yaml|s/caSecretName:/caSecretname:/|unknown field 'caSecretname'
+rabbitmq.yaml|s/heartbeat = 30/heartbeat = 60/|heartbeat = '60', deploy/rabbitmq/rabbitmq.conf has '30'
+autoscaling.yaml|s/queueName: xsolla.fulfillment/queueName: xsolla.fulfilment/|is not the work queue xsolla.fulfillment
+networkpolicy.yaml|s/{k8s-app: kube-dns}/{k8s-app: coredns}/|the worker pods -> DNS (namespace kube-system) port 53/UDP: blocked, should be allowed
+monitoring.yaml|s/port: prometheus-tls/port: prometheus/|endpoint port 'prometheus' is not a named port
+order-status.yaml|s/containerPort: 8081}/containerPort: "8081"}/|is not of type 'integer' (Kubernetes 1.32.0 schema)
+kustomization.yaml|/monitoring.yaml/d|monitoring.yaml is not listed in resources
+configmap.yaml|s/WORKER_LISTEN: "0.0.0.0:9090"/WORKER_LISTEN: "0.0.0.0:9091"/|WORKER_LISTEN 0.0.0.0:9091 is not its container port `http`
+EOF
+echo "    $selftests broken copies refused"
+echo "==> Kubernetes manifests OK"
+
+echo "==> docker-compose.yml"
 python3 - <<'PY'
-import glob, os, sys
+import os, sys
 import yaml
 
 errors = []
 def err(where, msg):
     errors.append(f"{where}: {msg}")
-
-# ---- Kubernetes ------------------------------------------------------------------
-docs = []  # (file, doc)
-for path in sorted(glob.glob("deploy/k8s/*.yaml")):
-    with open(path) as f:
-        for doc in yaml.safe_load_all(f):
-            if doc is not None:
-                docs.append((path, doc))
-
-objs = {}  # (kind, name) -> (file, doc)
-kustomization = None
-for path, d in docs:
-    if not isinstance(d, dict):
-        err(path, "document is not a mapping"); continue
-    for field in ("apiVersion", "kind"):
-        if not d.get(field):
-            err(path, f"missing {field}")
-    if d.get("kind") == "Kustomization":
-        kustomization = (path, d); continue
-    meta = d.get("metadata") or {}
-    name = meta.get("name")
-    if not name:
-        err(path, f"{d.get('kind')} without metadata.name"); continue
-    if "namespace" in meta:
-        err(path, f"{name}: manifests are namespace-less; drop metadata.namespace")
-    key = (d["kind"], name)
-    if key in objs:
-        err(path, f"duplicate {key}")
-    objs[key] = (path, d)
-
-def matches(selector, labels):
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-deployments = {n: d for (k, n), (_, d) in objs.items() if k == "Deployment"}
-pod_labels = {}
-for name, d in deployments.items():
-    where = f"Deployment/{name}"
-    spec = d.get("spec") or {}
-    tmpl = spec.get("template") or {}
-    labels = (tmpl.get("metadata") or {}).get("labels") or {}
-    pod_labels[name] = labels
-    if not matches((spec.get("selector") or {}).get("matchLabels"), labels):
-        err(where, "spec.selector.matchLabels does not match the pod template labels")
-    pspec = tmpl.get("spec") or {}
-    if "terminationGracePeriodSeconds" not in pspec:
-        err(where, "no terminationGracePeriodSeconds (graceful shutdown needs one)")
-    containers = pspec.get("containers") or []
-    if not containers:
-        err(where, "no containers")
-    for c in containers:
-        cw = f"{where}/{c.get('name')}"
-        for field in ("name", "image"):
-            if not c.get(field):
-                err(cw, f"container without {field}")
-        ports = {p.get("name") for p in c.get("ports") or []} | {p.get("containerPort") for p in c.get("ports") or []}
-        for probe in ("readinessProbe", "livenessProbe"):
-            get = (c.get(probe) or {}).get("httpGet")
-            if not get:
-                err(cw, f"no {probe}.httpGet"); continue
-            if get.get("port") not in ports:
-                err(cw, f"{probe} port {get.get('port')!r} is not a container port")
-        for ref in c.get("envFrom") or []:
-            for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
-                if field in ref and (kind, ref[field].get("name")) not in objs:
-                    err(cw, f"envFrom {kind} {ref[field].get('name')!r} is not defined")
-        for var in c.get("env") or []:
-            src = var.get("valueFrom") or {}
-            for kind, field in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
-                if field not in src:
-                    continue
-                target = objs.get((kind, src[field].get("name")))
-                if not target:
-                    err(cw, f"env {var.get('name')}: {kind} {src[field].get('name')!r} is not defined")
-                    continue
-                keys = {**(target[1].get("data") or {}), **(target[1].get("stringData") or {})}
-                if src[field].get("key") not in keys:
-                    err(cw, f"env {var.get('name')}: {kind} {src[field].get('name')} has no key {src[field].get('key')!r}")
-
-for (kind, name), (path, d) in objs.items():
-    if kind == "Service":
-        sel = (d.get("spec") or {}).get("selector")
-        targets = [n for n, l in pod_labels.items() if matches(sel, l)]
-        if not targets:
-            err(f"Service/{name}", "selector matches no Deployment's pods")
-        for t in targets:
-            names = {p.get("name") for c in deployments[t]["spec"]["template"]["spec"]["containers"] for p in c.get("ports") or []}
-            for p in d["spec"].get("ports") or []:
-                tp = p.get("targetPort")
-                if isinstance(tp, str) and tp not in names:
-                    err(f"Service/{name}", f"targetPort {tp!r} is not a port of {t}")
-    if kind == "PodDisruptionBudget":
-        sel = ((d.get("spec") or {}).get("selector") or {}).get("matchLabels")
-        if not any(matches(sel, l) for l in pod_labels.values()):
-            err(f"PodDisruptionBudget/{name}", "selector matches no Deployment's pods")
-
-# What the product needs (docs/design.md, "Deployment": probes, two workers, secrets).
-ing = deployments.get("xsolla-ingress")
-wrk = deployments.get("xsolla-worker")
-if not ing or not wrk:
-    err("deploy/k8s", "expected Deployments xsolla-ingress and xsolla-worker")
-else:
-    c = ing["spec"]["template"]["spec"]["containers"][0]
-    if (c.get("readinessProbe") or {}).get("httpGet", {}).get("path") != "/readyz":
-        err("Deployment/xsolla-ingress", "readinessProbe must be GET /readyz")
-    if (c.get("livenessProbe") or {}).get("httpGet", {}).get("path") != "/healthz":
-        err("Deployment/xsolla-ingress", "livenessProbe must be GET /healthz")
-    if (wrk["spec"].get("replicas") or 1) < 2:
-        err("Deployment/xsolla-worker", "run at least 2 replicas")
-st = deployments.get("xsolla-order-status")
-if not st:
-    err("deploy/k8s", "expected Deployment xsolla-order-status")
-else:
-    c = st["spec"]["template"]["spec"]["containers"][0]
-    if (c.get("readinessProbe") or {}).get("httpGet", {}).get("path") != "/readyz":
-        err("Deployment/xsolla-order-status", "readinessProbe must be GET /readyz")
-    if (c.get("livenessProbe") or {}).get("httpGet", {}).get("path") != "/healthz":
-        err("Deployment/xsolla-order-status", "livenessProbe must be GET /healthz")
-    cm = objs.get(("ConfigMap", "xsolla-bridge"))
-    listen = ((cm[1].get("data") or {}) if cm else {}).get("STATUS_LISTEN", "0.0.0.0:8081")
-    ports = {p.get("containerPort") for p in c.get("ports") or []}
-    if int(listen.rsplit(":", 1)[-1]) not in ports:
-        err("Deployment/xsolla-order-status", f"STATUS_LISTEN {listen} is not a container port {sorted(ports)}")
-    names = {v.get("name") for v in c.get("env") or []}
-    if "AMQP_URL" not in names and not any("secretRef" in r and r["secretRef"].get("name") == "xsolla-bridge" for r in c.get("envFrom") or []):
-        err("Deployment/xsolla-order-status", "no AMQP_URL")
-st_secret = objs.get(("Secret", "xsolla-order-status"))
-if not st_secret or "STATUS_JWT_HS256_SECRET" not in {**(st_secret[1].get("stringData") or {}), **(st_secret[1].get("data") or {})}:
-    err("deploy/k8s", "expected Secret xsolla-order-status with STATUS_JWT_HS256_SECRET")
-secret = objs.get(("Secret", "xsolla-bridge"))
-if secret:
-    data = {**(secret[1].get("stringData") or {}), **(secret[1].get("data") or {})}
-    for k in ("XSOLLA_WEBHOOK_SECRET", "INVENTORY_TOKEN"):
-        if k not in data:
-            err("Secret/xsolla-bridge", f"missing {k}")
-else:
-    err("deploy/k8s", "expected Secret xsolla-bridge")
-
-if kustomization:
-    path, k = kustomization
-    listed = set(k.get("resources") or [])
-    present = {os.path.basename(p) for p in glob.glob("deploy/k8s/*.yaml")} - {os.path.basename(path)}
-    for missing in sorted(present - listed):
-        err(path, f"{missing} is not listed in resources")
-    for extra in sorted(listed - present):
-        err(path, f"resource {extra} does not exist")
 
 # ---- docker-compose --------------------------------------------------------------
 cpath = "deploy/docker-compose.yml"
@@ -237,10 +152,10 @@ if ((services.get("worker") or {}).get("deploy") or {}).get("replicas", 1) < 2:
 
 for e in errors:
     print("error:", e, file=sys.stderr)
-print(f"    {len(docs)} Kubernetes documents, {len(services)} compose services checked")
+print(f"    {len(services)} compose services checked")
 sys.exit(1 if errors else 0)
 PY
-echo "==> manifests OK"
+echo "==> docker-compose.yml OK"
 
 # ---- deploy/observability: alert rules and dashboard ------------------------------------
 # promtool checks the rules (syntax, PromQL, templates) and, through a throw-away rules file,
@@ -282,8 +197,7 @@ if [ -z "$PROMTOOL" ]; then
 	exit 1
 fi
 "$PROMTOOL" check rules deploy/observability/alerts.yml
-dashboard_rules="$(mktemp --suffix=.yml)"
-trap 'rm -f "$dashboard_rules"' EXIT
+dashboard_rules="$work/dashboard-rules.yml"
 python3 - "$dashboard_rules" <<'PY'
 import json, sys
 import yaml

@@ -1,0 +1,1 @@
+"""The checks of deploy/check-k8s.py, one module per concern."""
