@@ -52,7 +52,7 @@ async fn one_of_projects<P: Publish>(
     match project.parse::<u64>() {
         Ok(id) => handle(&app, Some(id), request).await,
         Err(_) => finish(
-            "-",
+            None,
             Instant::now(),
             Err(ApiError::InvalidParameter(format!(
                 "project id `{project}` is not a number"
@@ -65,30 +65,28 @@ async fn handle<P: Publish>(app: &App<P>, project: Option<u64>, request: Request
     let started = Instant::now();
     let webhook = match app.verifier.verify(project, request).await {
         Ok(webhook) => webhook,
-        Err(e) => return finish("-", started, Err(e)),
+        Err(e) => return finish(None, started, Err(e)),
     };
-    let kind = webhook.summary.notification_type.as_str();
-    let result = match kind {
+    let result = match webhook.summary.notification_type.as_str() {
         "user_validation" => validate_user(app, &webhook).await,
         "user_search" if app.user_search => search_user(app, &webhook).await,
         _ => publish(app, &webhook)
             .await
             .map(|()| StatusCode::NO_CONTENT.into_response()),
     };
-    let s = &webhook.summary;
-    let span = tracing::info_span!(
-        "webhook",
-        notification_type = kind,
-        order_id = s.order_id.as_deref(),
-        transaction_id = s.transaction_id.as_deref(),
-        message_id = %s.dedup_id,
-        traceparent = %webhook.traceparent,
-    );
-    span.in_scope(|| finish(kind, started, result))
+    finish(Some(&webhook), started, result)
 }
 
-/// Records the metrics and the log line, then turns the result into the answer.
-fn finish(kind: &str, started: Instant, result: Result<Response, ApiError>) -> Response {
+/// Records the metrics and the log line, then turns the result into the answer. The
+/// webhook's ids are fields of the one line, not of a span around it: a span would format
+/// them a second time, per webhook, for a line that is logged once.
+fn finish(
+    webhook: Option<&VerifiedWebhook>,
+    started: Instant,
+    result: Result<Response, ApiError>,
+) -> Response {
+    let summary = webhook.map(|w| &w.summary);
+    let kind = summary.map_or("-", |s| s.notification_type.as_str());
     let (status, outcome) = match &result {
         Ok(r) => (r.status(), "accepted"),
         Err(e) => (e.status(), e.outcome()),
@@ -98,10 +96,21 @@ fn finish(kind: &str, started: Instant, result: Result<Response, ApiError>) -> R
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!("ingress_request_duration_seconds", "outcome" => outcome).record(elapsed);
     let elapsed_ms = (elapsed * 1_000_000.0).round() / 1000.0;
+    let notification_type = summary.map(|s| s.notification_type.as_str());
+    let order_id = summary.and_then(|s| s.order_id.as_deref());
+    let transaction_id = summary.and_then(|s| s.transaction_id.as_deref());
+    let message_id = summary.map(|s| s.dedup_id.as_str());
+    let traceparent = webhook.map(|w| w.traceparent.as_str());
+    let status = status.as_u16();
     match result {
         Ok(response) => {
             tracing::info!(
-                status = status.as_u16(),
+                notification_type,
+                order_id,
+                transaction_id,
+                message_id,
+                traceparent,
+                status,
                 outcome,
                 elapsed_ms,
                 "webhook answered"
@@ -110,11 +119,11 @@ fn finish(kind: &str, started: Instant, result: Result<Response, ApiError>) -> R
         }
         Err(error) if error.is_server_error() => {
             let request_id = error::new_request_id();
-            tracing::warn!(status = status.as_u16(), outcome, %request_id, %error, elapsed_ms, "webhook not accepted; Xsolla will re-send");
+            tracing::warn!(notification_type, order_id, transaction_id, message_id, traceparent, status, outcome, %request_id, %error, elapsed_ms, "webhook not accepted; Xsolla will re-send");
             error.into_answer(&request_id)
         }
         Err(error) => {
-            tracing::warn!(status = status.as_u16(), outcome, %error, elapsed_ms, "webhook refused");
+            tracing::warn!(notification_type, order_id, transaction_id, message_id, traceparent, status, outcome, %error, elapsed_ms, "webhook refused");
             error.into_answer("-")
         }
     }
