@@ -7,6 +7,50 @@ use lapin::{
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
+/// Why the worker parked a message in the DLQ: written as `x-dead-reason` by the worker and
+/// read back by `worker dlq`, so both sides spell it from this one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadReason {
+    /// The inventory API refused it (a 4xx outside the retryable ones).
+    Permanent,
+    /// It kept failing transiently for longer than `RETRY_BUDGET`.
+    RetryBudgetExhausted,
+    /// The body is not a webhook we can read a grant or revocation from.
+    Unparsable,
+    /// A type this worker does not fulfil (should not be routed here at all).
+    NotFulfilled,
+}
+
+impl DeadReason {
+    pub const ALL: [DeadReason; 4] = [
+        DeadReason::Permanent,
+        DeadReason::RetryBudgetExhausted,
+        DeadReason::Unparsable,
+        DeadReason::NotFulfilled,
+    ];
+
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::RetryBudgetExhausted => "retry_budget_exhausted",
+            DeadReason::Unparsable => "unparsable",
+            DeadReason::NotFulfilled => "not_fulfilled",
+        }
+    }
+
+    /// The reason a header value names, if it is one the worker writes.
+    pub fn from_header(value: &str) -> Option<DeadReason> {
+        DeadReason::ALL.into_iter().find(|r| r.as_str() == value)
+    }
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Header names. `x-` names are ours; `traceparent` is W3C Trace Context.
 pub mod header {
     pub const NOTIFICATION_TYPE: &str = "x-notification-type";
@@ -22,7 +66,7 @@ pub mod header {
     /// The work exchange's routing key, kept because retries and the DLQ go through the
     /// default exchange (routing key = queue name).
     pub const ROUTING_KEY: &str = "x-original-routing-key";
-    /// Why the message was dead-lettered (`permanent`, `budget_exhausted`, …).
+    /// Why the worker dead-lettered the message: a [`super::DeadReason`].
     pub const DEAD_REASON: &str = "x-dead-reason";
     /// Last error text (parse error, HTTP body excerpt, connection error).
     pub const LAST_ERROR: &str = "x-last-error";

@@ -15,7 +15,7 @@ use lapin::{
 };
 use serde_json::Value;
 use shared::{
-    envelope::{self, HeadersExt, header},
+    envelope::{self, DeadReason, HeadersExt, header},
     topology::{DLQ, Topology, WORK_QUEUE, WORK_QUEUE_DELIVERY_LIMIT},
     webhook,
 };
@@ -29,7 +29,8 @@ use tests::{
     },
 };
 use worker::dlq::{
-    self, DlqConnection, DlqError, ListOptions, PurgeOptions, ReplayOptions, Selection, exit,
+    self, DlqConnection, DlqError, ListOptions, ParkReason, PurgeOptions, ReplayOptions, Selection,
+    exit,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,7 +248,10 @@ async fn list_is_non_destructive_and_stable() {
     assert_eq!(m.order_id.as_deref(), Some("200"));
     assert_eq!(m.user_id.as_deref(), Some("user-200"));
     assert_eq!((m.attempts, m.last_status), (Some(3), Some(503)));
-    assert_eq!(m.reason.as_deref(), Some("retry_budget_exhausted"));
+    assert_eq!(
+        m.reason,
+        Some(ParkReason::Worker(DeadReason::RetryBudgetExhausted))
+    );
 
     // A partial listing still reads (and returns) the whole queue, so the order holds.
     let run = cli(&env.url(), &["list", "--limit", "2", "--json"]).await;
@@ -660,7 +664,7 @@ async fn messages_the_broker_parked_get_a_stable_id_and_replay() {
     let m = &listed[0];
     assert!(m.id_derived);
     assert_eq!(m.id.len(), 16);
-    assert_eq!(m.reason.as_deref(), Some("delivery_limit"));
+    assert_eq!(m.reason, Some(ParkReason::Other("delivery_limit".into())));
     assert_eq!(m.routing_key.as_deref(), Some("order_paid"));
     assert!(m.dead_lettered_at.is_some());
     assert_eq!(

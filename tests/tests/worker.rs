@@ -17,6 +17,7 @@ use tests::{
     ingress_harness::RunningIngress,
     inventory::{DemoInventory, Endpoint, Faults, InventoryConfig},
     rabbit::{PrivateBroker, TcpProxy},
+    wait,
     worker_harness::{
         Broker, RunningWorker, WorkerProcess, WorkerSetup, is_ready, metric_sum, metrics,
         order_canceled, order_paid, test_args, wait_ready,
@@ -74,14 +75,20 @@ async fn a_webhook_becomes_exactly_one_grant() {
         .await
         .unwrap();
     assert_eq!(s.broker.queue_len(DLQ).await.unwrap(), 0);
-    let text = metrics(worker.ops).await.unwrap();
-    assert!(
+    // Counted once the ack completed, which is just after the broker saw it.
+    let counted = |text: &str| {
         metric_sum(
-            &text,
+            text,
             "worker_deliveries_total",
-            &[("type", "order_paid"), ("outcome", "done")]
+            &[("type", "order_paid"), ("outcome", "done")],
         ) >= 1.0
-    );
+    };
+    wait::until(WITHIN, "the delivery counted as done", || async {
+        metrics(worker.ops).await.is_ok_and(|text| counted(&text))
+    })
+    .await
+    .unwrap();
+    let text = metrics(worker.ops).await.unwrap();
     assert!(text.contains("worker_inventory_call_seconds"), "{text}");
     worker.stop().await.unwrap();
 }

@@ -26,6 +26,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use classify::Failure;
 pub use config::WorkerArgs;
 pub use process::{Context, DeadReason, Message, Outcome, process};
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    classify::{FulfilError, classify},
+    classify::{Failure, FulfilError, classify},
     inventory::{InventoryClient, InventoryRequest},
     retry::{MAX_ATTEMPTS, NextStep, RetryPolicy, started_at},
 };
@@ -65,29 +65,7 @@ impl Message<'_> {
     }
 }
 
-/// Why an event was parked in the DLQ (`x-dead-reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadReason {
-    /// The inventory API refused it (a 4xx outside the retryable ones).
-    Permanent,
-    /// It kept failing transiently for longer than `RETRY_BUDGET`.
-    RetryBudgetExhausted,
-    /// The body is not a webhook we can read a grant or revocation from.
-    Unparsable,
-    /// A type this worker does not fulfil (should not be routed here at all).
-    NotFulfilled,
-}
-
-impl DeadReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadReason::Permanent => "permanent",
-            DeadReason::RetryBudgetExhausted => "retry_budget_exhausted",
-            DeadReason::Unparsable => "unparsable",
-            DeadReason::NotFulfilled => "not_fulfilled",
-        }
-    }
-}
+pub use shared::envelope::DeadReason;
 
 /// What to do with a delivery. `attempts` is the new `x-attempts`, this delivery included.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,15 +76,13 @@ pub enum Outcome {
     Retry {
         delay: Duration,
         attempts: u32,
-        last_status: Option<u16>,
-        last_error: String,
+        failure: Failure,
     },
     /// Publish to the DLQ, then ack.
     Dead {
         reason: DeadReason,
         attempts: u32,
-        last_status: Option<u16>,
-        last_error: String,
+        failure: Failure,
     },
 }
 
@@ -146,8 +122,11 @@ pub async fn process_read(
             return Outcome::Dead {
                 reason,
                 attempts,
-                last_status: None,
-                last_error: e.to_string(),
+                failure: Failure {
+                    status: None,
+                    error: e.to_string(),
+                    retry_after: None,
+                },
             };
         }
     };
@@ -196,8 +175,7 @@ async fn fulfil(
             return Outcome::Dead {
                 reason: DeadReason::Permanent,
                 attempts,
-                last_status: failure.status,
-                last_error: failure.error,
+                failure,
             };
         }
         Err(FulfilError::Transient(failure)) => failure,
@@ -212,8 +190,7 @@ async fn fulfil(
             Outcome::Retry {
                 delay,
                 attempts,
-                last_status: failure.status,
-                last_error: failure.error,
+                failure,
             }
         }
         NextStep::BudgetExhausted => {
@@ -221,8 +198,7 @@ async fn fulfil(
             Outcome::Dead {
                 reason: DeadReason::RetryBudgetExhausted,
                 attempts,
-                last_status: failure.status,
-                last_error: failure.error,
+                failure,
             }
         }
     }

@@ -22,7 +22,7 @@ use shared::{
 };
 
 use crate::{
-    classify::truncate,
+    classify::{Failure, truncate},
     order::Recorder,
     process::{DeadReason, Outcome},
 };
@@ -136,31 +136,22 @@ fn republish_target(delivery: &Delivery, outcome: &Outcome) -> Option<(String, F
         Outcome::Retry {
             delay,
             attempts,
-            last_status,
-            last_error,
+            failure,
         } => {
-            let headers = retry_headers(
-                headers_of(delivery),
-                routing_key,
-                *attempts,
-                *last_status,
-                last_error,
-            );
+            let headers = retry_headers(headers_of(delivery), routing_key, *attempts, failure);
             Some((retry_queue_name(*delay), headers))
         }
         Outcome::Dead {
             reason,
             attempts,
-            last_status,
-            last_error,
+            failure,
         } => {
             let headers = dead_headers(
                 headers_of(delivery),
                 routing_key,
                 *reason,
                 *attempts,
-                *last_status,
-                last_error,
+                failure,
             );
             Some((DLQ.to_owned(), headers))
         }
@@ -239,11 +230,14 @@ fn keep_routing_key(headers: &mut FieldTable, routing_key: &str) {
     }
 }
 
-fn set_last(headers: &mut FieldTable, attempts: u32, last_status: Option<u16>, last_error: &str) {
+fn set_last(headers: &mut FieldTable, attempts: u32, failure: &Failure) {
     headers
         .set_int(header::ATTEMPTS, i64::from(attempts))
-        .set_str(header::LAST_ERROR, &truncate(last_error, LAST_ERROR_MAX));
-    if let Some(status) = last_status {
+        .set_str(
+            header::LAST_ERROR,
+            &truncate(&failure.error, LAST_ERROR_MAX),
+        );
+    if let Some(status) = failure.status {
         headers.set_int(header::LAST_STATUS, i64::from(status));
     }
 }
@@ -253,8 +247,7 @@ pub fn retry_headers(
     original: Option<&FieldTable>,
     routing_key: &str,
     attempts: u32,
-    last_status: Option<u16>,
-    last_error: &str,
+    failure: &Failure,
 ) -> FieldTable {
     // A stale status would lie about this attempt; dead-letter marks belong to a parked copy.
     let mut h = copied(
@@ -267,7 +260,7 @@ pub fn retry_headers(
         ],
     );
     keep_routing_key(&mut h, routing_key);
-    set_last(&mut h, attempts, last_status, last_error);
+    set_last(&mut h, attempts, failure);
     h
 }
 
@@ -277,12 +270,11 @@ pub fn dead_headers(
     routing_key: &str,
     reason: DeadReason,
     attempts: u32,
-    last_status: Option<u16>,
-    last_error: &str,
+    failure: &Failure,
 ) -> FieldTable {
     let mut h = copied(original, &[header::LAST_STATUS]);
     keep_routing_key(&mut h, routing_key);
-    set_last(&mut h, attempts, last_status, last_error);
+    set_last(&mut h, attempts, failure);
     h.set_str(header::DEAD_REASON, reason.as_str())
         .set_str(header::DEAD_LETTERED_AT, &now_rfc3339())
         .set_str(header::DLQ_ID, &uuid::Uuid::new_v4().to_string());
@@ -295,6 +287,14 @@ mod tests {
     use shared::envelope::parse_time;
 
     use super::*;
+
+    fn failure(status: Option<u16>, error: &str) -> Failure {
+        Failure {
+            status,
+            error: error.to_owned(),
+            retry_after: None,
+        }
+    }
 
     fn original() -> FieldTable {
         let mut h = FieldTable::default();
@@ -314,8 +314,7 @@ mod tests {
             Some(&original()),
             "order_paid",
             1,
-            None,
-            "no answer within 10s",
+            &failure(None, "no answer within 10s"),
         );
         assert_eq!(h.get_int(header::ATTEMPTS), Some(1));
         assert_eq!(
@@ -342,7 +341,12 @@ mod tests {
     fn a_message_back_from_a_tier_keeps_its_first_routing_key() {
         let mut first = original();
         first.set_str(header::ROUTING_KEY, "order_canceled");
-        let h = retry_headers(Some(&first), "xsolla.fulfillment", 3, Some(409), "HTTP 409");
+        let h = retry_headers(
+            Some(&first),
+            "xsolla.fulfillment",
+            3,
+            &failure(Some(409), "HTTP 409"),
+        );
         assert_eq!(
             h.get_str(header::ROUTING_KEY).as_deref(),
             Some("order_canceled")
@@ -358,8 +362,7 @@ mod tests {
             "order_paid",
             DeadReason::Permanent,
             2,
-            Some(422),
-            &long,
+            &failure(Some(422), &long),
         );
         assert_eq!(h.get_str(header::DEAD_REASON).as_deref(), Some("permanent"));
         assert_eq!(h.get_int(header::LAST_STATUS), Some(422));
@@ -368,7 +371,13 @@ mod tests {
         assert!(parse_time(&h.get_str(header::DEAD_LETTERED_AT).unwrap()).is_some());
         let id = h.get_str(header::DLQ_ID).unwrap();
         assert!(uuid::Uuid::parse_str(&id).is_ok());
-        let other = dead_headers(None, "order_paid", DeadReason::Unparsable, 1, None, "bad");
+        let other = dead_headers(
+            None,
+            "order_paid",
+            DeadReason::Unparsable,
+            1,
+            &failure(None, "bad"),
+        );
         assert_ne!(
             other.get_str(header::DLQ_ID),
             Some(id),

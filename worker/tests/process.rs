@@ -23,8 +23,8 @@ use shared::{
 };
 use tokio_util::sync::CancellationToken;
 use worker::{
-    Context, DeadReason, Message, Outcome, config::Token, inventory::InventoryClient, process,
-    retry::RetryPolicy,
+    Context, DeadReason, Failure, Message, Outcome, config::Token, inventory::InventoryClient,
+    process, retry::RetryPolicy,
 };
 
 /// One recorded call.
@@ -192,8 +192,12 @@ async fn a_refused_token_is_retried_not_dead_lettered() {
         .await;
         match outcome {
             Outcome::Retry {
-                last_status,
-                last_error,
+                failure:
+                    Failure {
+                        status: last_status,
+                        error: last_error,
+                        ..
+                    },
                 ..
             } => {
                 assert_eq!(last_status, Some(status));
@@ -241,8 +245,12 @@ async fn a_server_error_is_retried_in_process_then_sent_to_the_first_tier() {
         Outcome::Retry {
             delay,
             attempts,
-            last_status,
-            last_error,
+            failure:
+                Failure {
+                    status: last_status,
+                    error: last_error,
+                    ..
+                },
         } => {
             assert_eq!(delay, Duration::from_millis(200));
             assert_eq!(attempts, 1);
@@ -285,7 +293,7 @@ async fn a_long_retry_after_skips_quick_retries_and_picks_a_tier() {
     )
     .await;
     assert!(
-        matches!(outcome, Outcome::Retry { delay, last_status: Some(429), .. } if delay == Duration::from_millis(500)),
+        matches!(outcome, Outcome::Retry { delay, failure: Failure { status: Some(429), .. }, .. } if delay == Duration::from_millis(500)),
         "longest tier when none is long enough: {outcome:?}"
     );
     assert_eq!(calls.lock().unwrap().len(), 1);
@@ -306,8 +314,11 @@ async fn a_permanent_refusal_is_dead_lettered_at_once() {
             &outcome,
             Outcome::Dead {
                 reason: DeadReason::Permanent,
-                last_status: Some(422),
                 attempts: 1,
+                failure: Failure {
+                    status: Some(422),
+                    ..
+                },
                 ..
             }
         ),
@@ -330,7 +341,10 @@ async fn a_conflict_means_retry_for_a_revocation_but_dead_for_a_grant() {
         matches!(
             revoke,
             Outcome::Retry {
-                last_status: Some(409),
+                failure: Failure {
+                    status: Some(409),
+                    ..
+                },
                 ..
             }
         ),
@@ -370,7 +384,10 @@ async fn an_event_past_its_budget_is_dead_lettered() {
             Outcome::Dead {
                 reason: DeadReason::RetryBudgetExhausted,
                 attempts: 4,
-                last_status: Some(503),
+                failure: Failure {
+                    status: Some(503),
+                    ..
+                },
                 ..
             }
         ),
@@ -442,8 +459,12 @@ async fn an_unreachable_api_is_transient() {
     .await;
     match outcome {
         Outcome::Retry {
-            last_status: None,
-            last_error,
+            failure:
+                Failure {
+                    status: None,
+                    error: last_error,
+                    ..
+                },
             ..
         } => assert!(last_error.contains("request failed"), "{last_error}"),
         other => panic!("expected a retry, got {other:?}"),

@@ -186,7 +186,9 @@ fn check_dlq(f: &mut Findings, results: &[OrderResult], dlq: &[DeadLetter]) {
                 m.last_error,
                 m.attempts
             ));
-        } else if m.reason.as_deref() != Some("permanent") || m.last_status != Some(422) {
+        } else if m.reason.as_ref().map(|r| r.as_str()) != Some("permanent")
+            || m.last_status != Some(422)
+        {
             wrong.push(format!(
                 "{order} parked with reason {:?} status {:?} (want permanent, 422)",
                 m.reason, m.last_status

@@ -9,7 +9,7 @@ use lapin::{
 };
 use sha1::{Digest, Sha1};
 use shared::{
-    envelope::{HeadersExt, header, value_to_string},
+    envelope::{DeadReason, HeadersExt, header, value_to_string},
     webhook,
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -41,9 +41,8 @@ pub struct DeadLetter {
     pub user_id: Option<String>,
     /// Fulfilment attempts the worker made (`x-attempts`).
     pub attempts: Option<i64>,
-    /// `x-dead-reason` (`permanent`, `retry_budget_exhausted`, …), or the broker's `x-death`
-    /// reason (`delivery_limit`, …) for messages RabbitMQ parked itself.
-    pub reason: Option<String>,
+    /// Why it is parked.
+    pub reason: Option<ParkReason>,
     /// Last HTTP status from the inventory API.
     pub last_status: Option<i64>,
     pub last_error: Option<String>,
@@ -81,7 +80,8 @@ impl DeadLetter {
         let reason = headers
             .get_str(header::DEAD_REASON)
             .or_else(|| death.as_ref().and_then(|d| d.reason.clone()))
-            .or_else(|| headers.get_str("x-last-death-reason"));
+            .or_else(|| headers.get_str("x-last-death-reason"))
+            .map(|r| ParkReason::read(&r));
         let dead_lettered_at = headers.get_str(header::DEAD_LETTERED_AT).or_else(|| {
             death
                 .as_ref()
@@ -166,6 +166,37 @@ pub fn derived_id(message_id: Option<&str>, death_time: Option<i64>, body: &[u8]
     let mut id = hex::encode(hasher.finalize());
     id.truncate(16);
     id
+}
+
+/// Why a message is in the DLQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParkReason {
+    /// The worker's `x-dead-reason`.
+    Worker(DeadReason),
+    /// Any other: RabbitMQ's own `x-death` reason for a message it parked itself
+    /// (`delivery_limit`, `rejected`, `expired`), or an `x-dead-reason` this version does
+    /// not write. Shown as found.
+    Other(String),
+}
+
+impl ParkReason {
+    fn read(value: &str) -> ParkReason {
+        DeadReason::from_header(value)
+            .map_or_else(|| ParkReason::Other(value.to_owned()), ParkReason::Worker)
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ParkReason::Worker(reason) => reason.as_str(),
+            ParkReason::Other(text) => text,
+        }
+    }
+}
+
+impl serde::Serialize for ParkReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// The parts of RabbitMQ's newest `x-death` entry that matter here.
@@ -268,7 +299,7 @@ mod tests {
         assert_eq!(m.routing_key.as_deref(), Some("order_paid"));
         assert_eq!(m.order_id.as_deref(), Some("42"));
         assert_eq!(m.user_id.as_deref(), Some("u-7"));
-        assert_eq!(m.reason.as_deref(), Some("permanent"));
+        assert_eq!(m.reason, Some(ParkReason::Worker(DeadReason::Permanent)));
         assert_eq!(m.last_status, Some(422));
         assert_eq!(m.attempts, Some(1));
         assert_eq!(m.dead_lettered_at.as_deref(), Some("2025-01-02T03:04:05Z"));
@@ -288,7 +319,7 @@ mod tests {
             m.id,
             derived_id(Some("order_paid:42"), Some(1_700_000_001), BODY)
         );
-        assert_eq!(m.reason.as_deref(), Some("delivery_limit"));
+        assert_eq!(m.reason, Some(ParkReason::Other("delivery_limit".into())));
         assert_eq!(m.dead_lettered_at.as_deref(), Some("2023-11-14T22:13:20Z"));
         // No header names the type: the body does; the queue-name routing key is ignored.
         assert_eq!(m.routing_key.as_deref(), Some("order_paid"));

@@ -37,7 +37,7 @@ use std::{io::Write as _, process::ExitCode};
 
 pub use args::DlqArgs;
 pub use error::{DlqError, exit};
-pub use message::DeadLetter;
+pub use message::{DeadLetter, ParkReason};
 pub use purge::{PurgeOptions, PurgeReport, purge};
 pub use read::{DlqConnection, ListOptions, Listing, find, list, queue_count};
 pub use replay::{ReplayOptions, ReplayReport, replay};

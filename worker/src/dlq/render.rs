@@ -62,7 +62,7 @@ pub fn listing_text(listing: &Listing) -> String {
                 or_dash(m.user_id.as_deref()),
                 m.attempts.map_or_else(|| "-".into(), |a| a.to_string()),
                 or_dash(m.dead_lettered_at.as_deref()),
-                or_dash(m.reason.as_deref()),
+                or_dash(m.reason.as_ref().map(|r| r.as_str())),
                 last_outcome(m),
             ]
         })

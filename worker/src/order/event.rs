@@ -156,23 +156,21 @@ fn event(
         Outcome::Retry {
             delay,
             attempts,
-            last_status,
-            last_error,
+            failure,
         } => {
             e.attempt = Some(*attempts);
-            e.http_status = *last_status;
-            e.error = Some(error_text(last_error));
+            e.http_status = failure.status;
+            e.error = Some(error_text(&failure.error));
             e.next_retry_at = Some(after(*delay));
         }
         Outcome::Dead {
             reason,
             attempts,
-            last_status,
-            last_error,
+            failure,
         } => {
             e.attempt = Some(*attempts);
-            e.http_status = *last_status;
-            e.error = Some(error_text(last_error));
+            e.http_status = failure.status;
+            e.error = Some(error_text(&failure.error));
             e.reason = Some(reason.as_str().to_owned());
             e.dlq_id = dlq_id.map(str::to_owned);
         }
@@ -230,7 +228,7 @@ pub fn redact_emails(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::DeadReason;
+    use crate::{Failure, process::DeadReason};
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!(
@@ -264,8 +262,11 @@ mod tests {
         let retry = Outcome::Retry {
             delay: Duration::from_secs(60),
             attempts: 2,
-            last_status: Some(503),
-            last_error: "HTTP 503".into(),
+            failure: Failure {
+                status: Some(503),
+                error: "HTTP 503".into(),
+                retry_after: None,
+            },
         };
         let e = event(s.clone(), None, &retry, None);
         assert_eq!(e.kind, EventKind::AttemptFailed);
@@ -277,8 +278,11 @@ mod tests {
         let dead = Outcome::Dead {
             reason: DeadReason::Permanent,
             attempts: 1,
-            last_status: Some(422),
-            last_error: "HTTP 422: unknown sku for player@example.com".into(),
+            failure: Failure {
+                status: Some(422),
+                error: "HTTP 422: unknown sku for player@example.com".into(),
+                retry_after: None,
+            },
         };
         let e = event(s, None, &dead, Some("the-id"));
         assert_eq!(e.kind, EventKind::DeadLettered);
