@@ -64,20 +64,16 @@ impl StreamEvents for WorkerSetup {
         what: &str,
         done: impl Fn(&[OrderEvent]) -> bool,
     ) -> Vec<OrderEvent> {
-        let give_up = tokio::time::Instant::now() + WITHIN;
-        loop {
+        tests::wait::value(WITHIN, what, || async {
             let events = self.events(order).await;
             if done(&events) {
-                return events;
+                Ok(events)
+            } else {
+                Err(format!("the stream holds {:?}", kinds(&events)))
             }
-            if tokio::time::Instant::now() >= give_up {
-                panic!(
-                    "timed out after {WITHIN:?} waiting for {what}: the stream holds {:?}",
-                    kinds(&events)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

@@ -25,11 +25,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let end = Instant::now() + DEADLINE;
-    while !cond().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tests::wait::until(DEADLINE, what, &mut cond).await.unwrap();
 }
 
 async fn connect(url: &str) -> lapin::Result<Connection> {

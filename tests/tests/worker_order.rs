@@ -55,24 +55,20 @@ async fn order(url: &str, args: &[&str]) -> Run {
 
 /// Runs `worker order <id> --json` until `done` holds for its document.
 async fn wait_json(url: &str, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let give_up = tokio::time::Instant::now() + WITHIN;
-    loop {
+    // Each look runs `worker order`: every 200 ms, not every 20.
+    let every = Duration::from_millis(200);
+    tests::wait::value_every(every, WITHIN, what, || async {
         let run = order(url, &[id, "--json"]).await;
         if run.code == 0 {
             let doc = run.json();
             if done(&doc) {
-                return doc;
+                return Ok(doc);
             }
         }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "timed out waiting for {what}: exit {}, {}{}",
-            run.code,
-            run.stdout,
-            run.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(format!("exit {}, {}{}", run.code, run.stdout, run.stderr))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn kinds(doc: &Value) -> Vec<String> {

@@ -16,7 +16,6 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::{Context, bail};
 use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
-use tokio::time::Instant;
 
 /// A single CLI call boots an Erlang VM (~0.5 s); a minute means something is wrong.
 const CTL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -134,19 +133,14 @@ pub async fn wait_queue_len_at(
     expected: u64,
     within: Duration,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let seen = queue_len_at(amqp_url, queue).await;
-        if matches!(seen, Ok(Some(n)) if n == expected) {
-            return Ok(());
+    let what = format!("queue {queue} to hold {expected} ready messages");
+    crate::wait::value(within, &what, || async {
+        match queue_len_at(amqp_url, queue).await {
+            Ok(Some(n)) if n == expected => Ok(()),
+            seen => Err(format!("last saw {seen:?}")),
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "queue {queue}: wanted {expected} ready messages within {within:?}, last saw {seen:?}"
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    })
+    .await
 }
 
 mod private_broker;
