@@ -12,7 +12,7 @@ use lapin::{
 };
 use shared::{
     amqp::Session,
-    envelope::{self, HeadersExt, header},
+    envelope::{self, HeadersExt},
     publish::publish_confirmed,
     topology::{EXCHANGE, Topology},
     webhook,
@@ -220,18 +220,10 @@ impl Broker {
     pub async fn publish_webhook(&self, body: &[u8]) -> anyhow::Result<()> {
         let (_, summary) = webhook::parse(body).context("fixture is not a webhook")?;
         let kind = summary.notification_type.as_str();
-        let mut headers = FieldTable::default();
-        headers
-            .set_str(header::NOTIFICATION_TYPE, kind)
-            .set_str(header::ROUTING_KEY, kind)
-            .set_str(
-                header::SIGNATURE,
-                &crate::fixtures::authorization(body, "test-secret"),
-            )
-            .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
-            .set_int(header::ATTEMPTS, 0)
-            .set_str(header::TRACEPARENT, &envelope::new_traceparent());
-        let properties = envelope::properties(&summary.dedup_id, headers);
+        let properties = received(
+            &summary,
+            &crate::fixtures::authorization(body, "test-secret"),
+        );
         self.publish(EXCHANGE, kind, body, properties).await
     }
 
@@ -243,14 +235,7 @@ impl Broker {
         for body in bodies {
             let (_, summary) = webhook::parse(body).context("fixture is not a webhook")?;
             let kind = summary.notification_type.as_str();
-            let mut headers = FieldTable::default();
-            headers
-                .set_str(header::NOTIFICATION_TYPE, kind)
-                .set_str(header::ROUTING_KEY, kind)
-                .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
-                .set_int(header::ATTEMPTS, 0)
-                .set_str(header::TRACEPARENT, &envelope::new_traceparent());
-            let properties = envelope::properties(&summary.dedup_id, headers);
+            let properties = received(&summary, "");
             let mandatory = lapin::options::BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
@@ -442,4 +427,16 @@ impl WorkerSetup {
             .await
             .expect("every order granted")
     }
+}
+
+/// The envelope the ingress gives a verified webhook (`envelope::received_properties`, as
+/// the ingress builds it), for a webhook the suite publishes itself.
+fn received(summary: &webhook::Summary, signature: &str) -> lapin::BasicProperties {
+    envelope::received_properties(&envelope::Received {
+        notification_type: &summary.notification_type,
+        message_id: &summary.dedup_id,
+        signature,
+        traceparent: &envelope::new_traceparent(),
+        project_id: None,
+    })
 }

@@ -24,12 +24,11 @@ use futures_util::{SinkExt as _, StreamExt, stream::FuturesUnordered};
 use lapin::{
     BasicProperties,
     options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions},
-    types::FieldTable,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
 use shared::{
-    envelope::{self, HeadersExt as _, header},
+    envelope,
     order_events::{self, EventKind, OrderEvent, StartAt, StreamMessage},
 };
 use tests::{sim::vhost, status_harness::mint_jwt};
@@ -621,15 +620,13 @@ impl StatusBench {
                 .replace(&marker_order.to_string(), &order.to_string())
                 .replace("USERMARK", &user)
                 .into_bytes();
-            let mut headers = FieldTable::default();
-            headers
-                .set_str(header::NOTIFICATION_TYPE, "order_paid")
-                .set_str(header::ROUTING_KEY, "order_paid")
-                .set_str(header::RECEIVED_AT, &envelope::now_rfc3339())
-                .set_int(header::ATTEMPTS, 0)
-                .set_int(header::PROJECT_ID, PROJECT as i64)
-                .set_str(header::TRACEPARENT, &envelope::new_traceparent());
-            let props = envelope::properties(&format!("paid-{order}"), headers);
+            let props = envelope::received_properties(&envelope::Received {
+                notification_type: "order_paid",
+                message_id: &format!("paid-{order}"),
+                signature: "",
+                traceparent: &envelope::new_traceparent(),
+                project_id: Some(PROJECT),
+            });
             let (gb, gp) =
                 OrderEvent::new(EventKind::Granted, Some(PROJECT), &order.to_string(), &user)
                     .to_message();
