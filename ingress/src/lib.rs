@@ -117,7 +117,7 @@ pub async fn run_main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return shared::config::refuse_options("ingress", e),
     };
-    telemetry::init_tracing(args.broker.log_format);
+    telemetry::init_logging(args.broker.log_format);
     let listen = args.listen;
     let config = match args.check() {
         Ok(config) => config,
