@@ -1,7 +1,7 @@
 //! The webhook routes. The handler reads like the protocol: verify → answer the live
 //! checks, or publish durably → respond.
 
-use std::{sync::Arc, time::Instant};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use axum::{
     Router,
@@ -12,6 +12,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 use shared::envelope;
+use tracing::{
+    Instrument as _,
+    field::{Empty, display},
+};
 
 use crate::{
     error::{self, ApiError},
@@ -41,7 +45,7 @@ pub fn router<P: Publish>(app: Arc<App<P>>) -> Router {
 }
 
 async fn single_project<P: Publish>(State(app): State<Arc<App<P>>>, request: Request) -> Response {
-    handle(&app, None, request).await
+    handle(&app, Ok(None), request).await
 }
 
 async fn one_of_projects<P: Publish>(
@@ -49,42 +53,75 @@ async fn one_of_projects<P: Publish>(
     Path(project): Path<String>,
     request: Request,
 ) -> Response {
-    match project.parse::<u64>() {
-        Ok(id) => handle(&app, Some(id), request).await,
-        Err(_) => finish(
-            "-",
-            Instant::now(),
-            Err(ApiError::InvalidParameter(format!(
-                "project id `{project}` is not a number"
-            ))),
-        ),
-    }
+    let project = project
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| ApiError::InvalidParameter(format!("project id `{project}` is not a number")));
+    handle(&app, project, request).await
 }
 
-async fn handle<P: Publish>(app: &App<P>, project: Option<u64>, request: Request) -> Response {
+/// One webhook, in its `webhook` span: the client's IP always; once verified, the ids of
+/// the webhook; for a refused body, the order id it claims (`claimed_order_id`, unverified).
+async fn handle<P: Publish>(
+    app: &App<P>,
+    project: Result<Option<u64>, ApiError>,
+    request: Request,
+) -> Response {
     let started = Instant::now();
-    let webhook = match app.verifier.verify(project, request).await {
-        Ok(webhook) => webhook,
-        Err(e) => return finish("-", started, Err(e)),
-    };
-    let kind = webhook.summary.notification_type.as_str();
-    let result = match kind {
-        "user_validation" => validate_user(app, &webhook).await,
-        "user_search" if app.user_search => search_user(app, &webhook).await,
-        _ => publish(app, &webhook)
-            .await
-            .map(|()| StatusCode::NO_CONTENT.into_response()),
-    };
-    let s = &webhook.summary;
+    let client = app.verifier.client_ip(&request);
+    async {
+        let verified = match project {
+            Ok(project) => app.verifier.verify(project, client, request).await,
+            Err(e) => Err(e),
+        };
+        let webhook = match verified {
+            Ok(webhook) => webhook,
+            Err(e) => return finish("-", started, Err(e)),
+        };
+        record_verified(&webhook);
+        let kind = webhook.summary.notification_type.as_str();
+        let result = match kind {
+            "user_validation" => validate_user(app, &webhook).await,
+            "user_search" if app.user_search => search_user(app, &webhook).await,
+            _ => publish(app, &webhook)
+                .await
+                .map(|()| StatusCode::NO_CONTENT.into_response()),
+        };
+        finish(kind, started, result)
+    }
+    .instrument(webhook_span(client))
+    .await
+}
+
+/// The span of one webhook; all but the client's address are recorded once known.
+fn webhook_span(client: Option<IpAddr>) -> tracing::Span {
     let span = tracing::info_span!(
         "webhook",
-        notification_type = kind,
-        order_id = s.order_id.as_deref(),
-        transaction_id = s.transaction_id.as_deref(),
-        message_id = %s.dedup_id,
-        traceparent = %webhook.traceparent,
+        client_ip = Empty,
+        claimed_order_id = Empty,
+        notification_type = Empty,
+        order_id = Empty,
+        transaction_id = Empty,
+        user_id = Empty,
+        message_id = Empty,
+        traceparent = Empty,
     );
-    span.in_scope(|| finish(kind, started, result))
+    if let Some(ip) = client {
+        span.record("client_ip", display(ip));
+    }
+    span
+}
+
+/// Puts a verified webhook's ids on the current (`webhook`) span.
+fn record_verified(webhook: &VerifiedWebhook) {
+    let s = &webhook.summary;
+    tracing::Span::current()
+        .record("notification_type", s.notification_type.as_str())
+        .record("order_id", s.order_id.as_deref())
+        .record("transaction_id", s.transaction_id.as_deref())
+        .record("user_id", s.user_id.as_deref())
+        .record("message_id", s.dedup_id.as_str())
+        .record("traceparent", webhook.traceparent.as_str());
 }
 
 /// Records the metrics and the log line, then turns the result into the answer.

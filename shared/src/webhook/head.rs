@@ -155,3 +155,10 @@ pub(super) struct Head {
     pub settings: Lenient<Settings>,
     pub billing: Lenient<Billing>,
 }
+
+/// Only the order a body claims, for the log line of a refused (unverified) webhook.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct Claim {
+    pub order: Lenient<WithId>,
+}
