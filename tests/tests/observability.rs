@@ -16,10 +16,11 @@ use lapin::{
     options::QueueDeclareOptions,
     types::{AMQPValue, FieldTable, LongString},
 };
-use shared::topology::{DLQ, EXCHANGE, Topology, UNROUTED_QUEUE};
+use shared::topology::{DLQ, EXCHANGE, Topology, UNROUTED_QUEUE, WORK_QUEUE};
 use tests::{
     fixtures,
     inventory::{DemoInventory, InventoryConfig},
+    logs::{self, LogLine},
     rabbit::{TestVhost, rabbitmqctl},
     wait,
     worker_harness::{self, Broker, RunningWorker, WorkerProcess, metric_sum},
@@ -207,8 +208,12 @@ fn free_port() -> SocketAddr {
 
 const SECRET: &str = "observability-test-secret";
 
-/// The real `ingress` binary, its log in `log`.
-async fn spawn_ingress(amqp_url: &str, log: &Path) -> anyhow::Result<(Child, SocketAddr)> {
+/// The real `ingress` binary with `extra` variables, its log in `log`.
+async fn spawn_ingress(
+    amqp_url: &str,
+    log: &Path,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(Child, SocketAddr)> {
     let listen = free_port();
     let child = Command::new(tests::bin_path("ingress"))
         .env_clear()
@@ -218,6 +223,7 @@ async fn spawn_ingress(amqp_url: &str, log: &Path) -> anyhow::Result<(Child, Soc
         .env("INGRESS_LISTEN", listen.to_string())
         .env("XSOLLA_WEBHOOK_SECRET", SECRET)
         .env("RETRY_DELAYS", worker_harness::TEST_RETRY_DELAYS)
+        .envs(extra.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
@@ -260,7 +266,7 @@ async fn a_broker_whose_unrouted_queue_predates_the_ttl_keeps_working() {
     let _ = connection.close(200, "done".into()).await;
 
     let log = log_path("old-unrouted");
-    let (mut ingress, listen) = spawn_ingress(&vhost.amqp_url(), &log).await.unwrap();
+    let (mut ingress, listen) = spawn_ingress(&vhost.amqp_url(), &log, &[]).await.unwrap();
     // A webhook goes through: the topology is declared, the queue is untouched.
     let body = worker_harness::order_paid(4242);
     let answer = reqwest::Client::new()
@@ -317,6 +323,11 @@ async fn a_broker_whose_unrouted_queue_predates_the_ttl_keeps_working() {
     let _ = ingress.kill().await;
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
+    // Written to a file, not a terminal: no colour codes (text format).
+    assert!(
+        !text.contains('\x1b'),
+        "escape codes in a log file:\n{text}"
+    );
     let command = text
         .lines()
         .find_map(|l| {
@@ -579,7 +590,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .await
         .unwrap();
     let log = log_path("ingress");
-    let (_ingress, listen) = spawn_ingress(&url, &log).await.unwrap();
+    let (_ingress, listen) = spawn_ingress(&url, &log, &[]).await.unwrap();
     let send = |body: Vec<u8>| async move {
         reqwest::Client::new()
             .post(format!("http://{listen}/webhooks/xsolla"))
@@ -677,4 +688,240 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+// ---- JSON logs: the ids on every line, each key once ------------------------------------
+
+/// What every worker line about a delivery must carry.
+const DELIVERY_FIELDS: [&str; 5] = [
+    "message_id",
+    "traceparent",
+    "order_id",
+    "user_id",
+    "attempt",
+];
+
+/// Worker modules whose every line is about one delivery (`panic`: the panic hook's target).
+fn is_delivery_line(line: &LogLine) -> bool {
+    let target = line.str("target").unwrap_or_default();
+    [
+        "worker::process",
+        "worker::settle",
+        "worker::inventory",
+        "worker::retry",
+        "panic",
+    ]
+    .iter()
+    .any(|t| target == *t || target.starts_with(&format!("{t}::")))
+}
+
+fn lines_with<'a>(lines: &'a [LogLine], key: &str, value: &str) -> Vec<&'a LogLine> {
+    lines.iter().filter(|l| l.str(key) == Some(value)).collect()
+}
+
+/// The real ingress and worker with `LOG_FORMAT=json`: a grant that meets a maintenance
+/// window (retried) and then goes through, a webhook whose quantity is a string (accepted,
+/// then dead-lettered as unparsable), a message that is not JSON at all, and a forged
+/// webhook. Every line is one JSON object with no key twice; each of the worker's lines
+/// about a delivery carries its five ids; the refusal names the client and the order the
+/// forged body claims, marked as a claim.
+#[tokio::test]
+async fn json_logs_carry_each_deliverys_ids_and_each_refusals_client_once_per_key() {
+    let vhost = TestVhost::create().await.unwrap();
+    let url = vhost.amqp_url();
+    let inventory = DemoInventory::start(InventoryConfig::default())
+        .await
+        .unwrap();
+    inventory.update_faults(|f| f.down = true).unwrap();
+    let json = [("LOG_FORMAT", "json")];
+    let (worker_log, ingress_log) = (log_path("worker-json"), log_path("ingress-json"));
+    let worker = WorkerProcess::spawn_logged(&url, &inventory.url(), &json, &worker_log)
+        .await
+        .unwrap();
+    let (mut ingress, listen) = spawn_ingress(&url, &ingress_log, &json).await.unwrap();
+    let post = |body: Vec<u8>, authorization: String| async move {
+        reqwest::Client::new()
+            .post(format!("http://{listen}/webhooks/xsolla"))
+            .header("Authorization", authorization)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    let granted = worker_harness::order_paid(71);
+    assert_eq!(
+        post(granted.clone(), fixtures::authorization(&granted, SECRET)).await,
+        204
+    );
+    wait::until(Duration::from_secs(20), "a retry", || async {
+        scrape(worker.ops)
+            .await
+            .is_ok_and(|t| metric_sum(&t, "worker_retries_total", &[]) > 0.0)
+    })
+    .await
+    .unwrap();
+    inventory.update_faults(|f| f.down = false).unwrap();
+    inventory
+        .wait_for(|s| s.grant("71").is_some(), Duration::from_secs(20))
+        .await
+        .unwrap();
+    let unparsable = fixtures::with(
+        "order_paid_combined",
+        &[
+            ("/order/id", serde_json::json!(72)),
+            ("/user/external_id", serde_json::json!("user-72")),
+            ("/items/0/quantity", serde_json::json!("50")),
+        ],
+    );
+    let auth = fixtures::authorization(&unparsable, SECRET);
+    assert_eq!(post(unparsable, auth).await, 204);
+    let topology = worker_harness::test_args(&url, "http://127.0.0.1:9")
+        .broker
+        .topology();
+    let broker = Broker::connect(&url, &topology).await.unwrap();
+    let bare = BasicProperties::default().with_message_id("raw:73".into());
+    broker
+        .publish("", WORK_QUEUE, b"not json", bare)
+        .await
+        .unwrap();
+    vhost
+        .wait_queue_len(DLQ, 2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let forged = worker_harness::order_paid(74);
+    let zeros = format!("Signature {}", "0".repeat(40));
+    assert_eq!(post(forged, zeros).await, 400);
+    // SIGTERM: every in-flight delivery is settled and logged before the worker exits.
+    worker.terminate(Duration::from_secs(20)).await.unwrap();
+    let _ = ingress.kill().await;
+    broker.close().await;
+
+    let read = |path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let _ = std::fs::remove_file(path);
+        assert!(
+            !text.contains('\x1b'),
+            "escape codes in a log file:\n{text}"
+        );
+        let lines = logs::parse_json_log(&text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+        for line in &lines {
+            assert!(line.repeated_keys().is_empty(), "a key twice: {}", line.raw);
+        }
+        lines
+    };
+    let worker_lines = read(&worker_log);
+    let ingress_lines = read(&ingress_log);
+    let shown = |lines: &[&LogLine]| {
+        lines
+            .iter()
+            .map(|l| l.raw.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    let deliveries: Vec<&LogLine> = worker_lines
+        .iter()
+        .filter(|l| is_delivery_line(l))
+        .collect();
+    assert!(deliveries.len() >= 4, "{}", shown(&deliveries));
+    for line in &deliveries {
+        for field in DELIVERY_FIELDS {
+            assert!(line.fields.contains_key(field), "no {field}: {}", line.raw);
+        }
+    }
+
+    // The retried grant: one trace, the ingress's, on every line; the attempt counts up.
+    let accepted = lines_with(&ingress_lines, "order_id", "71");
+    let answered = accepted
+        .iter()
+        .find(|l| l.str("message") == Some("webhook answered"))
+        .unwrap_or_else(|| panic!("{}", shown(&accepted)));
+    let trace = answered.str("traceparent").unwrap();
+    assert_eq!(
+        answered.str("client_ip"),
+        Some("127.0.0.1"),
+        "{}",
+        answered.raw
+    );
+    assert_eq!(
+        answered.str("message_id"),
+        Some("order_paid:71"),
+        "{}",
+        answered.raw
+    );
+    let ms = answered.fields["elapsed_ms"].as_f64().unwrap();
+    let decimals = ms.to_string().split('.').nth(1).map_or(0, str::len);
+    assert!(decimals <= 3, "elapsed_ms not rounded: {}", answered.raw);
+    let grant = lines_with(&worker_lines, "message_id", "order_paid:71");
+    let failed = grant
+        .iter()
+        .find(|l| l.str("message") == Some("inventory call failed; retrying later"))
+        .unwrap_or_else(|| panic!("no retry line:\n{}", shown(&grant)));
+    assert_eq!(failed.fields["attempt"], 1, "{}", failed.raw);
+    let done = grant
+        .iter()
+        .find(|l| l.str("message") == Some("granted"))
+        .unwrap_or_else(|| panic!("no granted line:\n{}", shown(&grant)));
+    assert!(
+        done.fields["attempt"].as_u64().unwrap() >= 2,
+        "{}",
+        done.raw
+    );
+    for line in &grant {
+        assert_eq!(line.str("traceparent"), Some(trace), "{}", line.raw);
+        assert_eq!(line.str("order_id"), Some("71"), "{}", line.raw);
+        assert_eq!(line.str("user_id"), Some("user-71"), "{}", line.raw);
+    }
+
+    // Unparsable: the ids are read from what can be read.
+    let parked = lines_with(&worker_lines, "message_id", "order_paid:72");
+    let dead = parked
+        .iter()
+        .find(|l| l.str("reason") == Some("unparsable"))
+        .unwrap_or_else(|| panic!("no dead-letter line:\n{}", shown(&parked)));
+    assert_eq!(dead.str("order_id"), Some("72"), "{}", dead.raw);
+    assert_eq!(dead.str("user_id"), Some("user-72"), "{}", dead.raw);
+    assert_eq!(dead.fields["attempt"], 1, "{}", dead.raw);
+    assert!(
+        dead.str("traceparent")
+            .is_some_and(shared::envelope::is_valid_traceparent)
+    );
+    // Not JSON, no headers: placeholders, and a trace id of its own.
+    let raw = lines_with(&worker_lines, "message_id", "raw:73");
+    let dead = raw
+        .iter()
+        .find(|l| l.str("reason") == Some("unparsable"))
+        .unwrap_or_else(|| panic!("no dead-letter line:\n{}", shown(&raw)));
+    assert_eq!(
+        (dead.str("order_id"), dead.str("user_id")),
+        (Some("-"), Some("-"))
+    );
+    assert!(
+        dead.str("traceparent")
+            .is_some_and(shared::envelope::is_valid_traceparent)
+    );
+
+    // The forged webhook: who sent it and what it claims, never as a verified order id.
+    let refused = lines_with(&ingress_lines, "claimed_order_id", "74");
+    let line = refused
+        .iter()
+        .find(|l| l.str("message") == Some("webhook refused"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no refusal with the claim:\n{}",
+                shown(&ingress_lines.iter().collect::<Vec<_>>())
+            )
+        });
+    assert_eq!(line.str("client_ip"), Some("127.0.0.1"), "{}", line.raw);
+    assert_eq!(
+        line.str("outcome"),
+        Some("invalid_signature"),
+        "{}",
+        line.raw
+    );
+    assert!(!line.fields.contains_key("order_id"), "{}", line.raw);
+    assert!(!line.raw.contains('@'), "an e-mail address: {}", line.raw);
 }
