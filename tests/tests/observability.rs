@@ -925,3 +925,84 @@ async fn json_logs_carry_each_deliverys_ids_and_each_refusals_client_once_per_ke
     assert!(!line.fields.contains_key("order_id"), "{}", line.raw);
     assert!(!line.raw.contains('@'), "an e-mail address: {}", line.raw);
 }
+
+// ---- METRICS_LISTEN: /metrics off the public port ---------------------------------------
+
+async fn status_of(url: String) -> u16 {
+    reqwest::get(url).await.unwrap().status().as_u16()
+}
+
+/// With `METRICS_LISTEN`, the public listener answers webhooks and the probes but not
+/// `/metrics`, which the metrics address serves (probes beside it); a port already taken
+/// stops start-up with one line naming the option.
+#[tokio::test]
+async fn metrics_listen_serves_metrics_apart_from_the_public_listener() {
+    let vhost = TestVhost::create().await.unwrap();
+    let metrics_addr = free_port();
+    let log = log_path("metrics-listen");
+    let (mut ingress, listen) = spawn_ingress(
+        &vhost.amqp_url(),
+        &log,
+        &[("METRICS_LISTEN", &metrics_addr.to_string())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_of(format!("http://{listen}/metrics")).await, 404);
+    assert_eq!(status_of(format!("http://{listen}/healthz")).await, 200);
+    assert_eq!(status_of(format!("http://{listen}/readyz")).await, 200);
+    let body = worker_harness::order_paid(81);
+    let answer = reqwest::Client::new()
+        .post(format!("http://{listen}/webhooks/xsolla"))
+        .header("Authorization", fixtures::authorization(&body, SECRET))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 204);
+    let text = scrape(metrics_addr).await.unwrap();
+    assert!(
+        metric_sum(&text, "ingress_requests_total", &[("outcome", "accepted")]) >= 1.0,
+        "{text}"
+    );
+    assert!(text.contains("# HELP build_info "), "{text}");
+    assert_eq!(
+        status_of(format!("http://{metrics_addr}/healthz")).await,
+        200
+    );
+    assert_eq!(
+        status_of(format!("http://{metrics_addr}/readyz")).await,
+        200
+    );
+    assert_eq!(
+        status_of(format!("http://{metrics_addr}/webhooks/xsolla")).await,
+        404,
+        "no webhooks on the metrics address"
+    );
+    let _ = ingress.kill().await;
+    let _ = std::fs::remove_file(&log);
+
+    // The address is taken (by a listener of this test): exit 2, one line naming it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(tests::bin_path("ingress"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AMQP_URL", vhost.amqp_url())
+        .env("XSOLLA_WEBHOOK_SECRET", SECRET)
+        .env("INGRESS_LISTEN", "127.0.0.1:0")
+        .env("METRICS_LISTEN", &taken_addr)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("ingress: METRICS_LISTEN (--metrics-listen) ")
+            && lines[0].contains(&taken_addr)
+            && lines[0].contains("cannot bind"),
+        "{stderr}"
+    );
+    drop(taken);
+}
