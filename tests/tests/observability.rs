@@ -547,6 +547,18 @@ fn finds_metric_names_in_promql() {
     );
 }
 
+/// The metric names of `NAME="a b c"` in deploy/run-local.sh (histogram suffixes stripped).
+fn run_local_metrics(name: &str) -> BTreeSet<String> {
+    let path = format!("{}/../deploy/run-local.sh", env!("CARGO_MANIFEST_DIR"));
+    let script = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    script
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}=\"")))
+        .flat_map(|rest| rest.trim_end_matches('"').split_whitespace())
+        .flat_map(|n| exported_names(&format!("{n} 0\n")))
+        .collect()
+}
+
 /// `target/<profile>/<name>` if it has been built (`tests::bin_path` insists that it is).
 fn built_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -638,9 +650,24 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 
+    let ingress_names = exported_names(&scrape(listen).await.unwrap());
+    let worker_names = exported_names(&scrape(worker.ops).await.unwrap());
+    // deploy/run-local.sh's diagnostics grep these names on each binary's /metrics.
+    for (list, names) in [
+        ("INGRESS_DIAG_METRICS", &ingress_names),
+        ("WORKER_DIAG_METRICS", &worker_names),
+    ] {
+        let wanted = run_local_metrics(list);
+        assert!(!wanted.is_empty(), "no {list} in deploy/run-local.sh");
+        let missing: Vec<&String> = wanted.difference(names).collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/run-local.sh's {list} names metrics the binary does not export: {missing:?}"
+        );
+    }
     let mut exported = BTreeSet::new();
-    exported.extend(exported_names(&scrape(listen).await.unwrap()));
-    exported.extend(exported_names(&scrape(worker.ops).await.unwrap()));
+    exported.extend(ingress_names);
+    exported.extend(worker_names);
 
     let order_status = built_binary("order-status");
     let _status = match order_status {
