@@ -5,6 +5,8 @@
 #     kustomization's resource list);
 #   * deploy/docker-compose.yml: parse and references (plus `docker compose config` when a
 #     compose plugin is installed, and the typed Compose spec when PyPI's compose-spec is);
+#   * deploy/Dockerfile: its Cargo profile exists, the binaries it copies are the
+#     workspace's, its COPY sources exist, it has a HEALTHCHECK;
 #   * deploy/rabbitmq/rabbitmq.conf: `key = value` syntax;
 #   * shell scripts: `bash -n`, and shellcheck when installed.
 # Needs python3 with PyYAML for the YAML checks; without it they are skipped (said so).

@@ -152,8 +152,7 @@ pub async fn process_read(
         }
     };
     let request = InventoryRequest::new(fulfilment, received_at(msg), route_project(msg));
-    // Type, order, user and attempt are on the consume loop's `delivery` span (a field in
-    // both would be written twice in a JSON line).
+    // Type, order, user and attempt are on the consume loop's `delivery` span.
     let span = tracing::info_span!(
         "fulfil",
         transaction_id = fulfilment.transaction_id.as_deref().unwrap_or("-"),
