@@ -7,24 +7,75 @@
 #   deploy/run-local.sh stop    stop what the last run started
 #
 # Processes run in the background; logs and pid files are in .run/ at the repo root.
+#
+# Everything it listens on comes from the environment (defaults in brackets):
+#   INGRESS_PORT [8080]          the ingress: webhooks, /healthz, /readyz, /metrics
+#   INGRESS_METRICS_PORT [unset] if set, the ingress serves /metrics there (METRICS_LISTEN)
+#   INVENTORY_PORT [8090]        the demo inventory (the game's API stand-in)
+#   WORKER_PORTS ["9091 9092"]   one worker per port (its /healthz, /readyz, /metrics)
+#   STATUS_PORT [8081]           order-status (WebSocket, short-poll, health, metrics)
+#   AMQP_URL [amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f]  the broker and vhost; AMQP_HOST
+#                                [127.0.0.1] and AMQP_PORT [5672] are where RabbitMQ is
+#                                checked (and started when local and stopped)
+# and, for scripted use (the test suite runs it this way):
+#   RUN_LOCAL_DIR [.run]         logs and pid files
+#   RUN_LOCAL_BIN [target/release]  where the binaries are
+#   RUN_LOCAL_BUILD [1]          0: do not build, use the binaries in RUN_LOCAL_BIN as they are
+#   GRANT_WAIT [20]              seconds to wait for the sample order's grant and status
+# Every binary also reads its own variables (RUST_LOG, LOG_FORMAT, …) from the environment.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ROOT="$(repo_root)"
-RUN="$ROOT/.run"
-BIN="$ROOT/target/release"
+RUN="${RUN_LOCAL_DIR:-$ROOT/.run}"
+BIN="${RUN_LOCAL_BIN:-$ROOT/target/release}"
+BUILD="${RUN_LOCAL_BUILD:-1}"
+GRANT_WAIT="${GRANT_WAIT:-20}"
 SECRET=local-demo-secret
-INGRESS=http://127.0.0.1:8080
-INVENTORY=http://127.0.0.1:8090
+
+# port NAME VALUE: VALUE, refused (naming NAME) unless it is a TCP port number.
+port() {
+	if ! [[ "$2" =~ ^[0-9]+$ ]] || [ "$2" -lt 1 ] || [ "$2" -gt 65535 ]; then
+		die "$1=$2 is not a TCP port (1-65535)"
+	fi
+	echo "$2"
+}
+INGRESS_PORT="$(port INGRESS_PORT "${INGRESS_PORT:-8080}")"
+INVENTORY_PORT="$(port INVENTORY_PORT "${INVENTORY_PORT:-8090}")"
+STATUS_PORT="$(port STATUS_PORT "${STATUS_PORT:-8081}")"
+read -r -a WORKER_PORT_LIST <<<"${WORKER_PORTS-9091 9092}"
+[ "${#WORKER_PORT_LIST[@]}" -gt 0 ] || die "WORKER_PORTS is empty: give one port per worker"
+for i in "${!WORKER_PORT_LIST[@]}"; do
+	WORKER_PORT_LIST[i]="$(port WORKER_PORTS "${WORKER_PORT_LIST[i]}")"
+done
+INGRESS_METRICS_PORT="${INGRESS_METRICS_PORT:-}"
+ALL_PORTS=("$INGRESS_PORT" "$INVENTORY_PORT" "$STATUS_PORT" "${WORKER_PORT_LIST[@]}")
+if [ -n "$INGRESS_METRICS_PORT" ]; then
+	INGRESS_METRICS_PORT="$(port INGRESS_METRICS_PORT "$INGRESS_METRICS_PORT")"
+	ALL_PORTS+=("$INGRESS_METRICS_PORT")
+fi
+[ "$(printf '%s\n' "${ALL_PORTS[@]}" | sort -u | wc -l)" -eq "${#ALL_PORTS[@]}" ] ||
+	die "two services on one port: ${ALL_PORTS[*]}"
+export AMQP_URL="${AMQP_URL:-amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f}"
+
+INGRESS="http://127.0.0.1:$INGRESS_PORT"
+INGRESS_METRICS="$INGRESS/metrics"
+[ -z "$INGRESS_METRICS_PORT" ] || INGRESS_METRICS="http://127.0.0.1:$INGRESS_METRICS_PORT/metrics"
+INVENTORY="http://127.0.0.1:$INVENTORY_PORT"
 # order-status: the players' order tracking (WebSocket + short-poll). A local dev secret
 # signs the players' JWTs (the game backend holds it in production).
-STATUS_PORT="${STATUS_PORT:-8081}"
 STATUS="http://127.0.0.1:$STATUS_PORT"
 STATUS_SECRET="${STATUS_JWT_HS256_SECRET:-local-status-secret}"
 # The sample order: combined delivery mode, so the body names its project
 # (billing.settings.project_id of Xsolla's example) and the status path can name it too.
 PROJECT=18404
 PLAYER=player-1
+
+# Shown when the sample order is not granted: what each binary says about it. Only names
+# the binaries export (tests/tests/observability.rs scrapes the running binaries and fails
+# on a name that is not there; histograms by their _count).
+INGRESS_DIAG_METRICS="amqp_connected ingress_requests_total ingress_publish_confirm_seconds_count"
+WORKER_DIAG_METRICS="amqp_connected worker_deliveries_total worker_inventory_call_seconds_count worker_retries_total worker_dead_lettered_total worker_inventory_auth_failures_total worker_order_event_failures_total"
 
 # True if pid file $1 names a live process running one of our binaries (a stale file may
 # name a pid the system has since given to something else: never signal that).
@@ -111,8 +162,17 @@ send_order() {
 	echo "HTTP $status from the ingress (204 = durably queued)"
 }
 
+# metrics NAME URL "NAMES": the samples of those metric names on URL, indented.
+metrics() {
+	local pattern
+	pattern="^($(tr ' ' '|' <<<"$3"))[{ ]"
+	echo "  $1 ($2):"
+	curl -fsS --max-time 2 "$2" 2>/dev/null | grep -E "$pattern" | sed 's/^/    /' ||
+		echo "    (no answer, or none of: $3)"
+}
+
 show_grant() {
-	local order_id="$1" deadline=$((SECONDS + 20)) state
+	local order_id="$1" deadline=$((SECONDS + GRANT_WAIT)) state i
 	while [ "$SECONDS" -lt "$deadline" ]; do
 		if state="$(curl -fsS --max-time 2 "$INVENTORY/_admin/state" 2>/dev/null)" &&
 			grep -q "\"$order_id\"" <<<"$state"; then
@@ -123,16 +183,19 @@ show_grant() {
 		fi
 		sleep 0.2
 	done
-	echo "No grant for order $order_id within 20 s. Ingress metrics:"
-	curl -fsS "$INGRESS/metrics" | grep '^xsolla_' || true
-	echo "Worker logs: $RUN/worker-1.log, $RUN/worker-2.log"
+	echo "No grant for order $order_id within $GRANT_WAIT s. What the binaries report:"
+	metrics ingress "$INGRESS_METRICS" "$INGRESS_DIAG_METRICS"
+	for i in "${!WORKER_PORT_LIST[@]}"; do
+		metrics "worker-$((i + 1))" "http://127.0.0.1:${WORKER_PORT_LIST[i]}/metrics" "$WORKER_DIAG_METRICS"
+	done
+	echo "Logs: $RUN/ingress.log, $RUN/worker-*.log, $RUN/demo-inventory.log"
 	return 1
 }
 
 # What the player's game sees: Xsolla's Get-order short-poll on order-status, with a player
 # JWT minted as the game backend would (xsolla-sim jwt), until `done` (granted) or 20 s.
 show_status() {
-	local order_id="$1" token body="" deadline=$((SECONDS + 20))
+	local order_id="$1" token body="" deadline=$((SECONDS + GRANT_WAIT))
 	if [ ! -x "$BIN/xsolla-sim" ] || [ ! -e "$RUN/order-status.pid" ]; then
 		return 0
 	fi
@@ -178,25 +241,32 @@ on_exit() {
 }
 trap on_exit EXIT
 ensure_rabbitmq
-info "building release binaries"
-(cd "$ROOT" && cargo build --release --workspace --bins)
+if [ "$BUILD" != 0 ]; then
+	info "building release binaries"
+	(cd "$ROOT" && cargo build --release --workspace --bins)
+fi
 
 # Inventory first: the workers call it as soon as they consume.
-if start demo-inventory demo-inventory DEMO_INVENTORY_LISTEN=127.0.0.1:8090; then
+if start demo-inventory demo-inventory DEMO_INVENTORY_LISTEN="127.0.0.1:$INVENTORY_PORT"; then
 	wait_http demo-inventory "$INVENTORY/healthz"
 fi
 have_ingress=0
-if start ingress ingress INGRESS_LISTEN=127.0.0.1:8080 XSOLLA_WEBHOOK_SECRET="$SECRET"; then
+ingress_env=(INGRESS_LISTEN="127.0.0.1:$INGRESS_PORT" XSOLLA_WEBHOOK_SECRET="$SECRET")
+[ -z "$INGRESS_METRICS_PORT" ] || ingress_env+=(METRICS_LISTEN="127.0.0.1:$INGRESS_METRICS_PORT")
+if start ingress ingress "${ingress_env[@]}"; then
 	have_ingress=1
 fi
-for i in 1 2; do
-	start "worker-$i" worker INVENTORY_URL="$INVENTORY" WORKER_LISTEN="127.0.0.1:909$i" || true
+for i in "${!WORKER_PORT_LIST[@]}"; do
+	start "worker-$((i + 1))" worker INVENTORY_URL="$INVENTORY" \
+		WORKER_LISTEN="127.0.0.1:${WORKER_PORT_LIST[i]}" || true
 done
 start order-status order-status STATUS_LISTEN="127.0.0.1:$STATUS_PORT" \
 	STATUS_JWT_HS256_SECRET="$STATUS_SECRET" || true
 [ ! -e "$RUN/ingress.pid" ] || wait_http ingress "$INGRESS/readyz"
-[ ! -e "$RUN/worker-1.pid" ] || wait_http worker-1 http://127.0.0.1:9091/readyz
-[ ! -e "$RUN/worker-2.pid" ] || wait_http worker-2 http://127.0.0.1:9092/readyz
+for i in "${!WORKER_PORT_LIST[@]}"; do
+	[ ! -e "$RUN/worker-$((i + 1)).pid" ] ||
+		wait_http "worker-$((i + 1))" "http://127.0.0.1:${WORKER_PORT_LIST[i]}/readyz"
+done
 [ ! -e "$RUN/order-status.pid" ] || wait_http order-status "$STATUS/readyz"
 
 if [ "$have_ingress" -eq 1 ]; then
@@ -208,9 +278,9 @@ fi
 
 cat <<EOF
 
-Running (AMQP_URL default: amqp://guest:guest@127.0.0.1:5672/%2f):
-  ingress         $INGRESS/webhooks/xsolla   (secret: $SECRET)   /readyz /metrics
-  workers         http://127.0.0.1:9091 and :9092                  /readyz /metrics
+Running (AMQP_URL: $(sed -E 's#://([^:@/]*):[^@/]*@#://\1:***@#' <<<"$AMQP_URL")):
+  ingress         $INGRESS/webhooks/xsolla   (secret: $SECRET)   /readyz; metrics: $INGRESS_METRICS
+  workers         $(printf 'http://127.0.0.1:%s ' "${WORKER_PORT_LIST[@]}")  /readyz /metrics
   demo inventory  $INVENTORY                 GET /_admin/state
   order-status    ws://127.0.0.1:$STATUS_PORT/connection/websocket  and  $STATUS/api/v2/project/{project_id}/order/{order_id}
                   (player JWTs: HS256, secret $STATUS_SECRET; mint one with

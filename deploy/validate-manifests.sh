@@ -10,6 +10,8 @@
 #     broken copies must fail, each with its message;
 #   * deploy/docker-compose.yml: parse and references (plus `docker compose config` when a
 #     compose plugin is installed, and the typed Compose spec when PyPI's compose-spec is);
+#   * deploy/Dockerfile: its Cargo profile exists, the binaries it copies are the
+#     workspace's, its COPY sources exist, it has a HEALTHCHECK;
 #   * deploy/rabbitmq/rabbitmq.conf: `key = value` syntax;
 #   * deploy/observability: promtool on the alert rules and the dashboard's queries;
 #   * shell scripts: `bash -n`, and shellcheck when installed.
@@ -30,6 +32,36 @@ if command -v shellcheck >/dev/null 2>&1; then
 else
 	echo "    (shellcheck not installed: syntax checked only)"
 fi
+
+echo "==> Dockerfile"
+python3 - <<'PY'
+import glob, os, re, sys
+errors = []
+text = open("deploy/Dockerfile").read()
+cargo = open("Cargo.toml").read()
+# Binaries of the workspace: <crate>/src/main.rs (the crate's name) and src/bin/<name>.
+bins = set()
+for main in glob.glob("*/src/main.rs"):
+    m = re.search(r'^name\s*=\s*"([^"]+)"', open(os.path.join(main.split("/")[0], "Cargo.toml")).read(), re.M)
+    if m:
+        bins.add(m.group(1))
+for b in glob.glob("*/src/bin/*"):
+    bins.add(os.path.basename(b).removesuffix(".rs"))
+for profile in re.findall(r"cargo build [^\n]*--profile (\S+)", text):
+    if f"[profile.{profile}]" not in cargo:
+        errors.append(f"cargo build --profile {profile}: no [profile.{profile}] in Cargo.toml")
+    for name in re.findall(rf"target/{re.escape(profile)}/([A-Za-z0-9_-]+)", text):
+        if name not in bins:
+            errors.append(f"target/{profile}/{name} is not a binary of the workspace {sorted(bins)}")
+for src in re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+) \S+$", text, re.M):
+    if src != "." and not os.path.exists(src):
+        errors.append(f"COPY {src}: no such file in the build context")
+if not re.search(r"^HEALTHCHECK .*CMD", text, re.M):
+    errors.append("no HEALTHCHECK")
+for e in errors:
+    print("error: deploy/Dockerfile:", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
 
 echo "==> rabbitmq.conf"
 if grep -nvE '^[[:space:]]*(#.*)?$|^[a-z0-9_.]+[[:space:]]*=[[:space:]]*[^[:space:]].*$' deploy/rabbitmq/rabbitmq.conf; then

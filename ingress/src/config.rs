@@ -30,6 +30,12 @@ pub struct IngressArgs {
     #[arg(long, env = "INGRESS_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Serve `/metrics` on this address (with `/healthz` and `/readyz`) instead of on
+    /// INGRESS_LISTEN, so that the public port need not expose it. Unset: `/metrics` is on
+    /// INGRESS_LISTEN.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Secret key(s) for `POST /webhooks/xsolla`, comma-separated. During a rotation list the
     /// new and the old key; a webhook signed with either is accepted.
     #[arg(
@@ -106,6 +112,12 @@ impl IngressArgs {
     /// the secrets; the error is one line naming the option.
     pub fn check(self) -> Result<IngressConfig, String> {
         self.broker.validate()?;
+        if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(format!(
+                "METRICS_LISTEN (--metrics-listen) {} must differ from INGRESS_LISTEN (--listen)",
+                self.listen
+            ));
+        }
         let blank = |s: &SecretString| s.expose_secret().trim().is_empty();
         if self.webhook_secret.iter().all(blank) && self.projects_file.is_none() {
             return Err("XSOLLA_WEBHOOK_SECRET (--webhook-secret) or XSOLLA_PROJECTS_FILE (--projects-file) must be set".into());

@@ -16,7 +16,7 @@ pub mod status;
 pub mod user_check;
 pub mod verify;
 
-use std::{process::ExitCode, sync::Arc};
+use std::{future::IntoFuture as _, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -37,9 +37,32 @@ pub async fn run(
     run_checked(listener, config, shutdown).await
 }
 
-/// [`run`] with the configuration already checked.
+/// [`run`] with the configuration already checked; binds `METRICS_LISTEN` if it is set.
 pub async fn run_checked(
     listener: TcpListener,
+    config: IngressConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics_listener = match config.args.metrics_listen {
+        Some(addr) => Some(bind_metrics(addr).await.map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    run_listening(listener, metrics_listener, config, shutdown).await
+}
+
+/// Binds `METRICS_LISTEN`; the error is one line naming the option.
+async fn bind_metrics(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("METRICS_LISTEN (--metrics-listen) {addr}: cannot bind: {e}"))
+}
+
+/// [`run_checked`] on listeners already bound: webhooks (and `/healthz`, `/readyz`) on
+/// `listener`; `/metrics` on `metrics_listener` when there is one (then only there, with
+/// `/healthz` and `/readyz` beside it), else on `listener` too.
+pub async fn run_listening(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: IngressConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -95,7 +118,21 @@ pub async fn run_checked(
         retry_after: args.retry_after_secs,
         default_project: args.project_id,
     });
-    let router = routes::router(app).merge(ops::router(ready, metrics));
+    let metrics_stop = CancellationToken::new();
+    let (router, metrics_server) = match metrics_listener {
+        Some(metrics_listener) => {
+            tracing::info!(listen = %metrics_listener.local_addr()?, "serving /metrics (METRICS_LISTEN)");
+            let ops = ops::router::<()>(ready.clone(), metrics);
+            let stop = metrics_stop.clone().cancelled_owned();
+            let server = axum::serve(metrics_listener, ops).with_graceful_shutdown(stop);
+            let task = tokio::spawn(server.into_future());
+            (
+                routes::router(app).merge(ops::health_router(ready)),
+                Some(task),
+            )
+        }
+        None => (routes::router(app).merge(ops::router(ready, metrics)), None),
+    };
     let server = serve::serve(listener, router, &args.limits, shutdown.clone());
     let drain_deadline = async {
         shutdown.cancelled().await;
@@ -107,6 +144,14 @@ pub async fn run_checked(
     }
     broker_stop.cancel();
     let _ = supervisor.await;
+    metrics_stop.cancel();
+    if let Some(task) = metrics_server {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the METRICS_LISTEN server failed"),
+            Err(e) => tracing::warn!(error = %e, "the METRICS_LISTEN server panicked"),
+        }
+    }
     tracing::info!("ingress stopped");
     Ok(())
 }
@@ -117,7 +162,7 @@ pub async fn run_main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return shared::config::refuse_options("ingress", e),
     };
-    telemetry::init_tracing(args.broker.log_format);
+    telemetry::init_logging(args.broker.log_format);
     let listen = args.listen;
     let config = match args.check() {
         Ok(config) => config,
@@ -133,7 +178,18 @@ pub async fn run_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run_checked(listener, config, telemetry::shutdown_signal()).await {
+    let metrics_listener = match config.args.metrics_listen {
+        Some(addr) => match bind_metrics(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("ingress: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let shutdown = telemetry::shutdown_signal();
+    match run_listening(listener, metrics_listener, config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ingress: {e:#}");

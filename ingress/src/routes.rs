@@ -1,7 +1,7 @@
 //! The webhook routes. The handler reads like the protocol: verify → answer the live
 //! checks, or publish durably → respond.
 
-use std::{sync::Arc, time::Instant};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use axum::{
     Router,
@@ -12,6 +12,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 use shared::envelope;
+use tracing::{
+    Instrument as _,
+    field::{Empty, display},
+};
 
 use crate::{
     error::{self, ApiError},
@@ -41,7 +45,7 @@ pub fn router<P: Publish>(app: Arc<App<P>>) -> Router {
 }
 
 async fn single_project<P: Publish>(State(app): State<Arc<App<P>>>, request: Request) -> Response {
-    handle(&app, None, request).await
+    handle(&app, Ok(None), request).await
 }
 
 async fn one_of_projects<P: Publish>(
@@ -49,44 +53,79 @@ async fn one_of_projects<P: Publish>(
     Path(project): Path<String>,
     request: Request,
 ) -> Response {
-    match project.parse::<u64>() {
-        Ok(id) => handle(&app, Some(id), request).await,
-        Err(_) => finish(
-            None,
-            Instant::now(),
-            Err(ApiError::InvalidParameter(format!(
-                "project id `{project}` is not a number"
-            ))),
-        ),
-    }
+    let project = project
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| ApiError::InvalidParameter(format!("project id `{project}` is not a number")));
+    handle(&app, project, request).await
 }
 
-async fn handle<P: Publish>(app: &App<P>, project: Option<u64>, request: Request) -> Response {
-    let started = Instant::now();
-    let webhook = match app.verifier.verify(project, request).await {
-        Ok(webhook) => webhook,
-        Err(e) => return finish(None, started, Err(e)),
-    };
-    let result = match webhook.summary.notification_type.as_str() {
-        "user_validation" => validate_user(app, &webhook).await,
-        "user_search" if app.user_search => search_user(app, &webhook).await,
-        _ => publish(app, &webhook)
-            .await
-            .map(|()| StatusCode::NO_CONTENT.into_response()),
-    };
-    finish(Some(&webhook), started, result)
-}
-
-/// Records the metrics and the log line, then turns the result into the answer. The
-/// webhook's ids are fields of the one line, not of a span around it: a span would format
-/// them a second time, per webhook, for a line that is logged once.
-fn finish(
-    webhook: Option<&VerifiedWebhook>,
-    started: Instant,
-    result: Result<Response, ApiError>,
+/// One webhook, in its `webhook` span: the client's IP always; once verified, the ids of
+/// the webhook; for a refused body, the order id it claims (`claimed_order_id`, unverified).
+async fn handle<P: Publish>(
+    app: &App<P>,
+    project: Result<Option<u64>, ApiError>,
+    request: Request,
 ) -> Response {
-    let summary = webhook.map(|w| &w.summary);
-    let kind = summary.map_or("-", |s| s.notification_type.as_str());
+    let started = Instant::now();
+    let client = app.verifier.client_ip(&request);
+    async {
+        let verified = match project {
+            Ok(project) => app.verifier.verify(project, client, request).await,
+            Err(e) => Err(e),
+        };
+        let webhook = match verified {
+            Ok(webhook) => webhook,
+            Err(e) => return finish("-", started, Err(e)),
+        };
+        record_verified(&webhook);
+        let kind = webhook.summary.notification_type.as_str();
+        let result = match kind {
+            "user_validation" => validate_user(app, &webhook).await,
+            "user_search" if app.user_search => search_user(app, &webhook).await,
+            _ => publish(app, &webhook)
+                .await
+                .map(|()| StatusCode::NO_CONTENT.into_response()),
+        };
+        finish(kind, started, result)
+    }
+    .instrument(webhook_span(client))
+    .await
+}
+
+/// The span of one webhook; all but the client's address are recorded once known.
+fn webhook_span(client: Option<IpAddr>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "webhook",
+        client_ip = Empty,
+        claimed_order_id = Empty,
+        notification_type = Empty,
+        order_id = Empty,
+        transaction_id = Empty,
+        user_id = Empty,
+        message_id = Empty,
+        traceparent = Empty,
+    );
+    if let Some(ip) = client {
+        span.record("client_ip", display(ip));
+    }
+    span
+}
+
+/// Puts a verified webhook's ids on the current (`webhook`) span.
+fn record_verified(webhook: &VerifiedWebhook) {
+    let s = &webhook.summary;
+    tracing::Span::current()
+        .record("notification_type", s.notification_type.as_str())
+        .record("order_id", s.order_id.as_deref())
+        .record("transaction_id", s.transaction_id.as_deref())
+        .record("user_id", s.user_id.as_deref())
+        .record("message_id", s.dedup_id.as_str())
+        .record("traceparent", webhook.traceparent.as_str());
+}
+
+/// Records the metrics and the log line, then turns the result into the answer.
+fn finish(kind: &str, started: Instant, result: Result<Response, ApiError>) -> Response {
     let (status, outcome) = match &result {
         Ok(r) => (r.status(), "accepted"),
         Err(e) => (e.status(), e.outcome()),
@@ -96,21 +135,10 @@ fn finish(
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!("ingress_request_duration_seconds", "outcome" => outcome).record(elapsed);
     let elapsed_ms = (elapsed * 1_000_000.0).round() / 1000.0;
-    let notification_type = summary.map(|s| s.notification_type.as_str());
-    let order_id = summary.and_then(|s| s.order_id.as_deref());
-    let transaction_id = summary.and_then(|s| s.transaction_id.as_deref());
-    let message_id = summary.map(|s| s.dedup_id.as_str());
-    let traceparent = webhook.map(|w| w.traceparent.as_str());
-    let status = status.as_u16();
     match result {
         Ok(response) => {
             tracing::info!(
-                notification_type,
-                order_id,
-                transaction_id,
-                message_id,
-                traceparent,
-                status,
+                status = status.as_u16(),
                 outcome,
                 elapsed_ms,
                 "webhook answered"
@@ -119,11 +147,11 @@ fn finish(
         }
         Err(error) if error.is_server_error() => {
             let request_id = error::new_request_id();
-            tracing::warn!(notification_type, order_id, transaction_id, message_id, traceparent, status, outcome, %request_id, %error, elapsed_ms, "webhook not accepted; Xsolla will re-send");
+            tracing::warn!(status = status.as_u16(), outcome, %request_id, %error, elapsed_ms, "webhook not accepted; Xsolla will re-send");
             error.into_answer(&request_id)
         }
         Err(error) => {
-            tracing::warn!(notification_type, order_id, transaction_id, message_id, traceparent, status, outcome, %error, elapsed_ms, "webhook refused");
+            tracing::warn!(status = status.as_u16(), outcome, %error, elapsed_ms, "webhook refused");
             error.into_answer("-")
         }
     }

@@ -10,10 +10,7 @@ use std::{
 use axum::{
     body::{Body, Bytes},
     extract::{ConnectInfo, Request},
-    http::{
-        header::{AUTHORIZATION, CONTENT_LENGTH},
-        request::Parts,
-    },
+    http::header::{AUTHORIZATION, CONTENT_LENGTH},
 };
 use ipnet::IpNet;
 use shared::{envelope, signature, webhook};
@@ -67,14 +64,18 @@ impl Verifier {
         }
     }
 
-    /// Checks IP, size, signature and shape; any failure is the answer to send.
+    /// Checks IP, size, signature and shape; any failure is the answer to send. `client` is
+    /// [`Self::client_ip`] of the request. A refusal of a body that was read records the
+    /// order id it claims as `claimed_order_id` on the current span (the `webhook` span of
+    /// the routes), for the log line that refuses it.
     pub async fn verify(
         &self,
         project_id: Option<u64>,
+        client: Option<IpAddr>,
         request: Request,
     ) -> Result<VerifiedWebhook, ApiError> {
         let (parts, body) = request.into_parts();
-        self.check_client(&parts)?;
+        self.check_client(client)?;
         let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
         let header = parts
             .headers
@@ -84,17 +85,21 @@ impl Verifier {
         if secrets.is_empty() {
             self.warn_unconfigured(project_id);
         }
-        let slot = signature::verify(header, &body, secrets)?;
+        let slot =
+            signature::verify(header, &body, secrets).map_err(|e| refused(&body, e.into()))?;
         metrics::counter!("ingress_signature_matches_total", "slot" => slot_label(slot))
             .increment(1);
-        let summary =
-            webhook::summarize(&body).map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
+        let summary = webhook::summarize(&body)
+            .map_err(|e| refused(&body, ApiError::InvalidParameter(e.to_string())))?;
         if let (Some(route), Some(body_project)) = (project_id, summary.project_id)
             && route != body_project
         {
-            return Err(ApiError::InvalidParameter(format!(
-                "webhook for project {body_project} posted to the route of project {route}"
-            )));
+            return Err(refused(
+                &body,
+                ApiError::InvalidParameter(format!(
+                    "webhook for project {body_project} posted to the route of project {route}"
+                )),
+            ));
         }
         let traceparent = parts
             .headers
@@ -111,18 +116,29 @@ impl Verifier {
         })
     }
 
-    /// The allowlist, if on. A request without a peer address (a router served without
-    /// `ConnectInfo`) is refused rather than let through: the check fails closed.
-    fn check_client(&self, parts: &Parts) -> Result<(), ApiError> {
+    /// The client's address: the TCP peer, or behind a trusted proxy the first untrusted
+    /// hop of `X-Forwarded-For` ([`allowlist::client_ip`]). `None` for a request without a
+    /// peer address (a router served without `ConnectInfo`).
+    pub fn client_ip(&self, request: &Request) -> Option<IpAddr> {
+        let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+        let forwarded = request.headers().get_all("x-forwarded-for");
+        let lines = forwarded.iter().map(|v| v.to_str().ok());
+        Some(allowlist::client_ip(
+            peer.ip(),
+            lines,
+            &self.trusted_proxies,
+        ))
+    }
+
+    /// The allowlist, if on. A request without a client address is refused rather than let
+    /// through: the check fails closed.
+    fn check_client(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
         if self.allowlist == IpAllowlist::Off {
             return Ok(());
         }
-        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+        let Some(client) = client else {
             return Err(ApiError::ForbiddenIp(IpAddr::from([0, 0, 0, 0])));
         };
-        let forwarded = parts.headers.get_all("x-forwarded-for");
-        let lines = forwarded.iter().map(|v| v.to_str().ok());
-        let client = allowlist::client_ip(peer.ip(), lines, &self.trusted_proxies);
         if !self.allowlist.allows(client) {
             return Err(ApiError::ForbiddenIp(client));
         }
@@ -142,6 +158,15 @@ impl Verifier {
             );
         }
     }
+}
+
+/// `error`, after noting on the current span the order id that the refused body claims
+/// (read only on this path, and only if it looks like an id: [`webhook::claimed_order_id`]).
+fn refused(body: &[u8], error: ApiError) -> ApiError {
+    if let Some(id) = webhook::claimed_order_id(body) {
+        tracing::Span::current().record("claimed_order_id", id.as_str());
+    }
+    error
 }
 
 /// Reads the whole body, refusing (never truncating) one over `limit`; a declared

@@ -10,6 +10,13 @@ pub fn router<S: Clone + Send + Sync + 'static>(
     ready: Arc<dyn Fn() -> bool + Send + Sync>,
     metrics: PrometheusHandle,
 ) -> Router<S> {
+    health_router(ready).merge(metrics_router(metrics))
+}
+
+/// `/healthz` and `/readyz` only.
+pub fn health_router<S: Clone + Send + Sync + 'static>(
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -28,8 +35,12 @@ pub fn router<S: Clone + Send + Sync + 'static>(
                 }
             }),
         )
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics.render())),
-        )
+}
+
+/// `/metrics` only (Prometheus text).
+pub fn metrics_router<S: Clone + Send + Sync + 'static>(metrics: PrometheusHandle) -> Router<S> {
+    Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(metrics.render())),
+    )
 }

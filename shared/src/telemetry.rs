@@ -32,21 +32,90 @@ const NEVER_RETURNED_BODIES: &str = "lapin::returned_messages=off";
 
 /// Installs the global tracing subscriber; `RUST_LOG` filters (default [`DEFAULT_LOG_FILTER`]).
 /// Safe to call more than once (later calls do nothing), which tests rely on.
+///
+/// `json`: one object per line, with the event's fields *and* the fields of every span it
+/// happens in flattened onto the top level (`message_id`, `order_id`, … of a worker's
+/// delivery), each key once. tracing-subscriber's own JSON repeats every span field twice
+/// (in `span` and in `spans`) and never at the top level, where log shippers index.
 pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER))
         .add_directive(NEVER_TRACE.parse().expect("static directive"))
         .add_directive(NEVER_RETURNED_BODIES.parse().expect("static directive"));
-    // Colour codes only for a terminal: formatting them for a log file costs CPU per line.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(use_colour(
+                        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                        std::env::var_os("NO_COLOR").as_deref(),
+                    )),
+            )
+            .try_init(),
+        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
     };
+}
+
+/// Colour codes only for a terminal (a log file gets none: they are noise to every reader
+/// but a terminal, and cost CPU per line), and not when `NO_COLOR` is set to anything
+/// (<https://no-color.org>).
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The `LOG_FORMAT=json` layer: `timestamp`, `level`, `target`, the event's fields
+/// (`message`, …) and its spans' fields (`name` = the innermost span's name; a field set
+/// by two spans is written once, the innermost's value). An event must not repeat a field
+/// of a span it is logged in (json-subscriber would write the key twice):
+/// `tests/tests/observability.rs` checks real lines for that.
+fn json_layer<S, W>(writer: W) -> json_subscriber::JsonLayer<S, W>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    let mut layer = json_subscriber::JsonLayer::new(writer);
+    layer
+        .with_timer("timestamp", tracing_subscriber::fmt::time::SystemTime)
+        .with_level("level")
+        .with_target("target")
+        .with_flattened_event()
+        .with_top_level_flattened_span_list();
+    layer
+}
+
+/// [`init_tracing`], and panics logged through it (see [`log_panics`]): what the binaries
+/// call first.
+pub fn init_logging(format: LogFormat) {
+    init_tracing(format);
+    log_panics();
+}
+
+/// Replaces the default panic message (plain text on stderr, which a JSON log shipper
+/// cannot read, with none of the context) by one ERROR line through tracing: it is written
+/// inside the spans current where the panic happened, so a worker's panic carries that
+/// delivery's ids. `RUST_BACKTRACE` is honoured as by the default hook.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let panic = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(not a string)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(target: "panic", panic, location, backtrace = %backtrace, "panicked");
+        } else {
+            tracing::error!(target: "panic", panic, location, "panicked");
+        }
+    }));
 }
 
 /// Seconds buckets for latency histograms: 0.5 ms to 30 s.
@@ -305,7 +374,113 @@ fn describe_http_server() {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
     use super::*;
+
+    /// Runs `f` with the `LOG_FORMAT=json` layer as this thread's subscriber; its lines.
+    fn json_lines(f: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(json_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// The top-level keys of a JSON object line, in order, repeats included (a
+    /// `serde_json::Value` would keep only the last of a repeated key).
+    fn keys(line: &str) -> Vec<String> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((k, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(k);
+                }
+                Ok(keys)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(line);
+        serde::Deserializer::deserialize_map(&mut de, Keys).unwrap()
+    }
+
+    #[test]
+    fn json_lines_carry_every_span_field_once_at_the_top_level() {
+        let lines = json_lines(|| {
+            let outer =
+                tracing::info_span!("delivery", message_id = "order_paid:1", order_id = "1");
+            let _outer = outer.enter();
+            let inner = tracing::info_span!("fulfil", order_id = "1", idempotency_key = "k");
+            let _inner = inner.enter();
+            tracing::warn!(status = 503, "inventory call failed");
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let keys = keys(&lines[0]);
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "a key twice: {}", lines[0]);
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["message_id"], "order_paid:1");
+        assert_eq!(v["order_id"], "1");
+        assert_eq!(v["idempotency_key"], "k");
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["message"], "inventory call failed");
+        assert_eq!(v["level"], "WARN");
+        assert!(v["timestamp"].is_string() && v["target"].is_string(), "{v}");
+        assert!(v.get("span").is_none() && v.get("spans").is_none(), "{v}");
+    }
+
+    #[test]
+    fn a_panic_is_one_log_line_inside_its_span() {
+        let previous = std::panic::take_hook();
+        log_panics();
+        let lines = json_lines(|| {
+            let span = tracing::info_span!("delivery", message_id = "order_paid:7");
+            let _entered = span.enter();
+            let _ = std::panic::catch_unwind(|| panic!("boom {}", 7));
+        });
+        std::panic::set_hook(previous);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["panic"], "boom 7");
+        assert_eq!(v["message_id"], "order_paid:7");
+        assert_eq!(v["level"], "ERROR");
+        assert!(
+            v["location"].as_str().unwrap().contains("telemetry.rs"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn colours_only_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None), "a file gets no escape codes");
+    }
 
     #[test]
     fn describes_every_series_and_reports_the_build() {

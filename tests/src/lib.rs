@@ -6,6 +6,7 @@ pub mod bins;
 pub mod fixtures;
 pub mod ingress_harness;
 pub mod inventory;
+pub mod logs;
 pub mod rabbit;
 pub mod sim;
 pub mod status_harness;

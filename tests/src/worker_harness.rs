@@ -152,6 +152,26 @@ impl WorkerProcess {
         inventory_url: &str,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<WorkerProcess> {
+        Self::spawn_with_stderr(amqp_url, inventory_url, extra, Stdio::inherit()).await
+    }
+
+    /// [`Self::spawn`] with the process's log (stderr) written to the file `log`.
+    pub async fn spawn_logged(
+        amqp_url: &str,
+        inventory_url: &str,
+        extra: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> anyhow::Result<WorkerProcess> {
+        let file = std::fs::File::create(log).context("creating the worker's log file")?;
+        Self::spawn_with_stderr(amqp_url, inventory_url, extra, file.into()).await
+    }
+
+    async fn spawn_with_stderr(
+        amqp_url: &str,
+        inventory_url: &str,
+        extra: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> anyhow::Result<WorkerProcess> {
         let ops = free_port()?;
         let mut cmd = tokio::process::Command::new(worker_binary()?);
         cmd.env_clear()
@@ -163,6 +183,7 @@ impl WorkerProcess {
             .envs(test_env(amqp_url, inventory_url, ops))
             .envs(extra.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true);
         let child = cmd.spawn().context("starting the worker binary")?;
         let process = WorkerProcess { ops, child };

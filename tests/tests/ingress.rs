@@ -750,6 +750,11 @@ async fn bad_configuration_stops_start_up_naming_the_option() {
         (&[("MAX_CONNECTIONS", "0")], "--max-connections"),
         (&[("XSOLLA_PROJECT_ID", "-1")], "--project-id"),
         (&[("REQUEST_TIMEOUT", "5s")], "REQUEST_TIMEOUT"),
+        (&[("METRICS_LISTEN", "not-an-address")], "--metrics-listen"),
+        (
+            &[("METRICS_LISTEN", "0.0.0.0:8080")],
+            "must differ from INGRESS_LISTEN",
+        ),
     ];
     for (env, expected) in cases {
         let mut command = tokio::process::Command::new(&binary);

@@ -16,10 +16,11 @@ use lapin::{
     options::QueueDeclareOptions,
     types::{AMQPValue, FieldTable, LongString},
 };
-use shared::topology::{DLQ, EXCHANGE, Topology, UNROUTED_QUEUE};
+use shared::topology::{DLQ, EXCHANGE, Topology, UNROUTED_QUEUE, WORK_QUEUE};
 use tests::{
     fixtures,
     inventory::{DemoInventory, InventoryConfig},
+    logs::{self, LogLine},
     rabbit::{TestVhost, rabbitmqctl},
     wait,
     worker_harness::{self, Broker, RunningWorker, WorkerProcess, metric_sum},
@@ -207,8 +208,12 @@ fn free_port() -> SocketAddr {
 
 const SECRET: &str = "observability-test-secret";
 
-/// The real `ingress` binary, its log in `log`.
-async fn spawn_ingress(amqp_url: &str, log: &Path) -> anyhow::Result<(Child, SocketAddr)> {
+/// The real `ingress` binary with `extra` variables, its log in `log`.
+async fn spawn_ingress(
+    amqp_url: &str,
+    log: &Path,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(Child, SocketAddr)> {
     let listen = free_port();
     let child = Command::new(tests::bin_path("ingress"))
         .env_clear()
@@ -218,6 +223,7 @@ async fn spawn_ingress(amqp_url: &str, log: &Path) -> anyhow::Result<(Child, Soc
         .env("INGRESS_LISTEN", listen.to_string())
         .env("XSOLLA_WEBHOOK_SECRET", SECRET)
         .env("RETRY_DELAYS", worker_harness::TEST_RETRY_DELAYS)
+        .envs(extra.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
@@ -260,7 +266,7 @@ async fn a_broker_whose_unrouted_queue_predates_the_ttl_keeps_working() {
     let _ = connection.close(200, "done".into()).await;
 
     let log = log_path("old-unrouted");
-    let (mut ingress, listen) = spawn_ingress(&vhost.amqp_url(), &log).await.unwrap();
+    let (mut ingress, listen) = spawn_ingress(&vhost.amqp_url(), &log, &[]).await.unwrap();
     // A webhook goes through: the topology is declared, the queue is untouched.
     let body = worker_harness::order_paid(4242);
     let answer = reqwest::Client::new()
@@ -317,6 +323,11 @@ async fn a_broker_whose_unrouted_queue_predates_the_ttl_keeps_working() {
     let _ = ingress.kill().await;
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
+    // Written to a file, not a terminal: no colour codes (text format).
+    assert!(
+        !text.contains('\x1b'),
+        "escape codes in a log file:\n{text}"
+    );
     let command = text
         .lines()
         .find_map(|l| {
@@ -536,6 +547,18 @@ fn finds_metric_names_in_promql() {
     );
 }
 
+/// The metric names of `NAME="a b c"` in deploy/run-local.sh (histogram suffixes stripped).
+fn run_local_metrics(name: &str) -> BTreeSet<String> {
+    let path = format!("{}/../deploy/run-local.sh", env!("CARGO_MANIFEST_DIR"));
+    let script = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    script
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}=\"")))
+        .flat_map(|rest| rest.trim_end_matches('"').split_whitespace())
+        .flat_map(|n| exported_names(&format!("{n} 0\n")))
+        .collect()
+}
+
 /// `target/<profile>/<name>` if it has been built (`tests::bin_path` insists that it is).
 fn built_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -579,7 +602,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .await
         .unwrap();
     let log = log_path("ingress");
-    let (_ingress, listen) = spawn_ingress(&url, &log).await.unwrap();
+    let (_ingress, listen) = spawn_ingress(&url, &log, &[]).await.unwrap();
     let send = |body: Vec<u8>| async move {
         reqwest::Client::new()
             .post(format!("http://{listen}/webhooks/xsolla"))
@@ -627,9 +650,24 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 
+    let ingress_names = exported_names(&scrape(listen).await.unwrap());
+    let worker_names = exported_names(&scrape(worker.ops).await.unwrap());
+    // deploy/run-local.sh's diagnostics grep these names on each binary's /metrics.
+    for (list, names) in [
+        ("INGRESS_DIAG_METRICS", &ingress_names),
+        ("WORKER_DIAG_METRICS", &worker_names),
+    ] {
+        let wanted = run_local_metrics(list);
+        assert!(!wanted.is_empty(), "no {list} in deploy/run-local.sh");
+        let missing: Vec<&String> = wanted.difference(names).collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/run-local.sh's {list} names metrics the binary does not export: {missing:?}"
+        );
+    }
     let mut exported = BTreeSet::new();
-    exported.extend(exported_names(&scrape(listen).await.unwrap()));
-    exported.extend(exported_names(&scrape(worker.ops).await.unwrap()));
+    exported.extend(ingress_names);
+    exported.extend(worker_names);
 
     let order_status = built_binary("order-status");
     let _status = match order_status {
@@ -677,4 +715,321 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+// ---- JSON logs: the ids on every line, each key once ------------------------------------
+
+/// What every worker line about a delivery must carry.
+const DELIVERY_FIELDS: [&str; 5] = [
+    "message_id",
+    "traceparent",
+    "order_id",
+    "user_id",
+    "attempt",
+];
+
+/// Worker modules whose every line is about one delivery (`panic`: the panic hook's target).
+fn is_delivery_line(line: &LogLine) -> bool {
+    let target = line.str("target").unwrap_or_default();
+    [
+        "worker::process",
+        "worker::settle",
+        "worker::inventory",
+        "worker::retry",
+        "panic",
+    ]
+    .iter()
+    .any(|t| target == *t || target.starts_with(&format!("{t}::")))
+}
+
+fn lines_with<'a>(lines: &'a [LogLine], key: &str, value: &str) -> Vec<&'a LogLine> {
+    lines.iter().filter(|l| l.str(key) == Some(value)).collect()
+}
+
+/// The real ingress and worker with `LOG_FORMAT=json`: a grant that meets a maintenance
+/// window (retried) and then goes through, a webhook whose quantity is a string (accepted,
+/// then dead-lettered as unparsable), a message that is not JSON at all, and a forged
+/// webhook. Every line is one JSON object with no key twice; each of the worker's lines
+/// about a delivery carries its five ids; the refusal names the client and the order the
+/// forged body claims, marked as a claim.
+#[tokio::test]
+async fn json_logs_carry_each_deliverys_ids_and_each_refusals_client_once_per_key() {
+    let vhost = TestVhost::create().await.unwrap();
+    let url = vhost.amqp_url();
+    let inventory = DemoInventory::start(InventoryConfig::default())
+        .await
+        .unwrap();
+    inventory.update_faults(|f| f.down = true).unwrap();
+    let json = [("LOG_FORMAT", "json")];
+    let (worker_log, ingress_log) = (log_path("worker-json"), log_path("ingress-json"));
+    let worker = WorkerProcess::spawn_logged(&url, &inventory.url(), &json, &worker_log)
+        .await
+        .unwrap();
+    let (mut ingress, listen) = spawn_ingress(&url, &ingress_log, &json).await.unwrap();
+    let post = |body: Vec<u8>, authorization: String| async move {
+        reqwest::Client::new()
+            .post(format!("http://{listen}/webhooks/xsolla"))
+            .header("Authorization", authorization)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    let granted = worker_harness::order_paid(71);
+    assert_eq!(
+        post(granted.clone(), fixtures::authorization(&granted, SECRET)).await,
+        204
+    );
+    wait::until(Duration::from_secs(20), "a retry", || async {
+        scrape(worker.ops)
+            .await
+            .is_ok_and(|t| metric_sum(&t, "worker_retries_total", &[]) > 0.0)
+    })
+    .await
+    .unwrap();
+    inventory.update_faults(|f| f.down = false).unwrap();
+    inventory
+        .wait_for(|s| s.grant("71").is_some(), Duration::from_secs(20))
+        .await
+        .unwrap();
+    let unparsable = fixtures::with(
+        "order_paid_combined",
+        &[
+            ("/order/id", serde_json::json!(72)),
+            ("/user/external_id", serde_json::json!("user-72")),
+            ("/items/0/quantity", serde_json::json!("50")),
+        ],
+    );
+    let auth = fixtures::authorization(&unparsable, SECRET);
+    assert_eq!(post(unparsable, auth).await, 204);
+    let topology = worker_harness::test_args(&url, "http://127.0.0.1:9")
+        .broker
+        .topology();
+    let broker = Broker::connect(&url, &topology).await.unwrap();
+    let bare = BasicProperties::default().with_message_id("raw:73".into());
+    broker
+        .publish("", WORK_QUEUE, b"not json", bare)
+        .await
+        .unwrap();
+    vhost
+        .wait_queue_len(DLQ, 2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let forged = worker_harness::order_paid(74);
+    let zeros = format!("Signature {}", "0".repeat(40));
+    assert_eq!(post(forged, zeros).await, 400);
+    // SIGTERM: every in-flight delivery is settled and logged before the worker exits.
+    worker.terminate(Duration::from_secs(20)).await.unwrap();
+    let _ = ingress.kill().await;
+    broker.close().await;
+
+    let read = |path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let _ = std::fs::remove_file(path);
+        assert!(
+            !text.contains('\x1b'),
+            "escape codes in a log file:\n{text}"
+        );
+        let lines = logs::parse_json_log(&text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+        for line in &lines {
+            assert!(line.repeated_keys().is_empty(), "a key twice: {}", line.raw);
+        }
+        lines
+    };
+    let worker_lines = read(&worker_log);
+    let ingress_lines = read(&ingress_log);
+    let shown = |lines: &[&LogLine]| {
+        lines
+            .iter()
+            .map(|l| l.raw.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    let deliveries: Vec<&LogLine> = worker_lines
+        .iter()
+        .filter(|l| is_delivery_line(l))
+        .collect();
+    assert!(deliveries.len() >= 4, "{}", shown(&deliveries));
+    for line in &deliveries {
+        for field in DELIVERY_FIELDS {
+            assert!(line.fields.contains_key(field), "no {field}: {}", line.raw);
+        }
+    }
+
+    // The retried grant: one trace, the ingress's, on every line; the attempt counts up.
+    let accepted = lines_with(&ingress_lines, "order_id", "71");
+    let answered = accepted
+        .iter()
+        .find(|l| l.str("message") == Some("webhook answered"))
+        .unwrap_or_else(|| panic!("{}", shown(&accepted)));
+    let trace = answered.str("traceparent").unwrap();
+    assert_eq!(
+        answered.str("client_ip"),
+        Some("127.0.0.1"),
+        "{}",
+        answered.raw
+    );
+    assert_eq!(
+        answered.str("message_id"),
+        Some("order_paid:71"),
+        "{}",
+        answered.raw
+    );
+    let ms = answered.fields["elapsed_ms"].as_f64().unwrap();
+    let decimals = ms.to_string().split('.').nth(1).map_or(0, str::len);
+    assert!(decimals <= 3, "elapsed_ms not rounded: {}", answered.raw);
+    let grant = lines_with(&worker_lines, "message_id", "order_paid:71");
+    let failed = grant
+        .iter()
+        .find(|l| l.str("message") == Some("inventory call failed; retrying later"))
+        .unwrap_or_else(|| panic!("no retry line:\n{}", shown(&grant)));
+    assert_eq!(failed.fields["attempt"], 1, "{}", failed.raw);
+    let done = grant
+        .iter()
+        .find(|l| l.str("message") == Some("granted"))
+        .unwrap_or_else(|| panic!("no granted line:\n{}", shown(&grant)));
+    assert!(
+        done.fields["attempt"].as_u64().unwrap() >= 2,
+        "{}",
+        done.raw
+    );
+    for line in &grant {
+        assert_eq!(line.str("traceparent"), Some(trace), "{}", line.raw);
+        assert_eq!(line.str("order_id"), Some("71"), "{}", line.raw);
+        assert_eq!(line.str("user_id"), Some("user-71"), "{}", line.raw);
+    }
+
+    // Unparsable: the ids are read from what can be read.
+    let parked = lines_with(&worker_lines, "message_id", "order_paid:72");
+    let dead = parked
+        .iter()
+        .find(|l| l.str("reason") == Some("unparsable"))
+        .unwrap_or_else(|| panic!("no dead-letter line:\n{}", shown(&parked)));
+    assert_eq!(dead.str("order_id"), Some("72"), "{}", dead.raw);
+    assert_eq!(dead.str("user_id"), Some("user-72"), "{}", dead.raw);
+    assert_eq!(dead.fields["attempt"], 1, "{}", dead.raw);
+    assert!(
+        dead.str("traceparent")
+            .is_some_and(shared::envelope::is_valid_traceparent)
+    );
+    // Not JSON, no headers: placeholders, and a trace id of its own.
+    let raw = lines_with(&worker_lines, "message_id", "raw:73");
+    let dead = raw
+        .iter()
+        .find(|l| l.str("reason") == Some("unparsable"))
+        .unwrap_or_else(|| panic!("no dead-letter line:\n{}", shown(&raw)));
+    assert_eq!(
+        (dead.str("order_id"), dead.str("user_id")),
+        (Some("-"), Some("-"))
+    );
+    assert!(
+        dead.str("traceparent")
+            .is_some_and(shared::envelope::is_valid_traceparent)
+    );
+
+    // The forged webhook: who sent it and what it claims, never as a verified order id.
+    let refused = lines_with(&ingress_lines, "claimed_order_id", "74");
+    let line = refused
+        .iter()
+        .find(|l| l.str("message") == Some("webhook refused"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no refusal with the claim:\n{}",
+                shown(&ingress_lines.iter().collect::<Vec<_>>())
+            )
+        });
+    assert_eq!(line.str("client_ip"), Some("127.0.0.1"), "{}", line.raw);
+    assert_eq!(
+        line.str("outcome"),
+        Some("invalid_signature"),
+        "{}",
+        line.raw
+    );
+    assert!(!line.fields.contains_key("order_id"), "{}", line.raw);
+    assert!(!line.raw.contains('@'), "an e-mail address: {}", line.raw);
+}
+
+// ---- METRICS_LISTEN: /metrics off the public port ---------------------------------------
+
+async fn status_of(url: String) -> u16 {
+    reqwest::get(url).await.unwrap().status().as_u16()
+}
+
+/// With `METRICS_LISTEN`, the public listener answers webhooks and the probes but not
+/// `/metrics`, which the metrics address serves (probes beside it); a port already taken
+/// stops start-up with one line naming the option.
+#[tokio::test]
+async fn metrics_listen_serves_metrics_apart_from_the_public_listener() {
+    let vhost = TestVhost::create().await.unwrap();
+    let metrics_addr = free_port();
+    let log = log_path("metrics-listen");
+    let (mut ingress, listen) = spawn_ingress(
+        &vhost.amqp_url(),
+        &log,
+        &[("METRICS_LISTEN", &metrics_addr.to_string())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_of(format!("http://{listen}/metrics")).await, 404);
+    assert_eq!(status_of(format!("http://{listen}/healthz")).await, 200);
+    assert_eq!(status_of(format!("http://{listen}/readyz")).await, 200);
+    let body = worker_harness::order_paid(81);
+    let answer = reqwest::Client::new()
+        .post(format!("http://{listen}/webhooks/xsolla"))
+        .header("Authorization", fixtures::authorization(&body, SECRET))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 204);
+    let text = scrape(metrics_addr).await.unwrap();
+    assert!(
+        metric_sum(&text, "ingress_requests_total", &[("outcome", "accepted")]) >= 1.0,
+        "{text}"
+    );
+    assert!(text.contains("# HELP build_info "), "{text}");
+    assert_eq!(
+        status_of(format!("http://{metrics_addr}/healthz")).await,
+        200
+    );
+    assert_eq!(
+        status_of(format!("http://{metrics_addr}/readyz")).await,
+        200
+    );
+    assert_eq!(
+        status_of(format!("http://{metrics_addr}/webhooks/xsolla")).await,
+        404,
+        "no webhooks on the metrics address"
+    );
+    let _ = ingress.kill().await;
+    let _ = std::fs::remove_file(&log);
+
+    // The address is taken (by a listener of this test): exit 2, one line naming it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(tests::bin_path("ingress"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AMQP_URL", vhost.amqp_url())
+        .env("XSOLLA_WEBHOOK_SECRET", SECRET)
+        .env("INGRESS_LISTEN", "127.0.0.1:0")
+        .env("METRICS_LISTEN", &taken_addr)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("ingress: METRICS_LISTEN (--metrics-listen) ")
+            && lines[0].contains(&taken_addr)
+            && lines[0].contains("cannot bind"),
+        "{stderr}"
+    );
+    drop(taken);
 }

@@ -132,6 +132,73 @@ async fn send_without_retry_gives_up_on_503_with_exit_3() {
     assert_eq!(out.status.code(), Some(3), "{}", report(&out));
 }
 
+/// A user API that knows nobody: every `user_validation` is answered `INVALID_USER`.
+async fn user_api_of_nobody() -> String {
+    let app = Router::new().route(
+        "/users/{id}",
+        axum::routing::get(|| async { StatusCode::NOT_FOUND }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/users/{{user_id}}",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// Two 400s that mean different things (the user is unknown; the secret is wrong) must be
+/// told apart on screen: `send` prints each answer's body, and `--json` carries it.
+#[tokio::test]
+async fn send_prints_the_answer_body_so_invalid_user_and_invalid_signature_differ() {
+    let vhost = TestVhost::create().await.unwrap();
+    let users = user_api_of_nobody().await;
+    let ingress = RunningIngress::start(
+        &vhost.amqp_url(),
+        &["--webhook-secret", SECRET, "--user-check-url", &users],
+    )
+    .await
+    .unwrap();
+    let url = ingress.url("/webhooks/xsolla");
+    let send = |secret: &'static str, json: bool| {
+        let url = url.clone();
+        async move {
+            let mut args = vec![
+                "send",
+                "user_validation",
+                "--user",
+                "nobody",
+                "--url",
+                &url,
+                "--secret",
+                secret,
+            ];
+            if json {
+                args.push("--json");
+            }
+            xsolla_sim(&args).await
+        }
+    };
+
+    let unknown = send(SECRET, false).await;
+    let text = String::from_utf8_lossy(&unknown.stdout).into_owned();
+    assert_eq!(unknown.status.code(), Some(1), "{text}");
+    assert!(text.contains("HTTP 400"), "{text}");
+    assert!(text.contains(r#""code":"INVALID_USER""#), "{text}");
+    let forged = send("not-the-secret", false).await;
+    let text = String::from_utf8_lossy(&forged.stdout).into_owned();
+    assert_eq!(forged.status.code(), Some(1), "{text}");
+    assert!(text.contains(r#""code":"INVALID_SIGNATURE""#), "{text}");
+    assert!(!text.contains("INVALID_USER"), "{text}");
+
+    let r = report(&send(SECRET, true).await);
+    let body = r["delivery"]["attempts"][0]["body"].as_str().unwrap();
+    let answer: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(answer["error"]["code"], "INVALID_USER", "{r}");
+    ingress.stop().await.unwrap();
+    vhost.delete().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_usage_exits_2() {
     let out = xsolla_sim(&[

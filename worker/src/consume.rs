@@ -12,17 +12,19 @@ use std::{
 
 use futures_lite::{FutureExt, StreamExt};
 use lapin::{
-    Channel, Consumer,
+    BasicProperties, Channel, Consumer,
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use shared::{
     amqp::{Link, Session},
-    envelope::{HeadersExt, header},
+    envelope::{HeadersExt, header, is_valid_traceparent, new_traceparent},
     topology::{self, Topology, WORK_QUEUE},
+    webhook::{self, Fulfilment, WebhookError},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument as _;
 
 use crate::{
     order::Recorder,
@@ -177,7 +179,9 @@ struct Handler {
     publish_timeout: Duration,
 }
 
-/// One delivery, start to finish.
+/// One delivery, start to finish, in its `delivery` span: every line logged for it (an
+/// unparsable body, settle's requeue and ack warnings, a panic) carries its `message_id`,
+/// `traceparent`, `type`, `order_id`, `user_id` and `attempt`.
 async fn handle(handler: Arc<Handler>, delivery: Delivery) {
     let Handler {
         ctx,
@@ -188,37 +192,99 @@ async fn handle(handler: Arc<Handler>, delivery: Delivery) {
     let publish_timeout = *publish_timeout;
     let in_flight = metrics::gauge!("worker_in_flight");
     in_flight.increment(1.0);
-    let message = Message::from(&delivery);
-    let kind = type_label(ctx, &message);
-    // A bug must not strand the delivery unacked (and its prefetch slot taken) for the life
-    // of the channel: requeue it, and the work queue's delivery limit parks it in the DLQ
-    // if it keeps failing this way.
-    let read = ctx.mode.read(message.body);
-    let label = match AssertUnwindSafe(process_read(ctx, &message, &read))
-        .catch_unwind()
-        .await
-    {
-        Ok(outcome) => match settle(
-            link,
-            publish_timeout,
-            &delivery,
-            &outcome,
-            read.as_ref().ok(),
-            recorder,
-        )
-        .await
-        {
-            Settled::Acked => outcome.label(),
-            Settled::Requeued | Settled::Abandoned => "requeued",
-        },
-        Err(_) => {
-            tracing::error!("processing panicked; requeueing the delivery");
-            requeue(&delivery, publish_timeout).await;
-            "requeued"
-        }
+    let traced = with_traceparent(&delivery.properties);
+    let message = Message {
+        properties: traced.as_ref().unwrap_or(&delivery.properties),
+        ..Message::from(&delivery)
     };
+    let kind = type_label(ctx, &message);
+    let read = ctx.mode.read(message.body);
+    let span = delivery_span(&message, &read);
+    let label = async {
+        // A bug must not strand the delivery unacked (and its prefetch slot taken) for the
+        // life of the channel: requeue it, and the work queue's delivery limit parks it in
+        // the DLQ if it keeps failing this way.
+        match AssertUnwindSafe(process_read(ctx, &message, &read))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => match settle(
+                link,
+                publish_timeout,
+                &delivery,
+                &outcome,
+                read.as_ref().ok(),
+                recorder,
+            )
+            .await
+            {
+                Settled::Acked => outcome.label(),
+                Settled::Requeued | Settled::Abandoned => "requeued",
+            },
+            Err(_) => {
+                tracing::error!("processing panicked; requeueing the delivery");
+                requeue(&delivery, publish_timeout).await;
+                "requeued"
+            }
+        }
+    }
+    .instrument(span)
+    .await;
     metrics::counter!("worker_deliveries_total", "type" => kind, "outcome" => label).increment(1);
     in_flight.decrement(1.0);
+}
+
+/// The delivery's properties with a new `traceparent` when it has none (or a malformed
+/// one), so that the trace id its lines log is the one its inventory call sends. `None`
+/// (nothing copied) for every message the ingress published.
+fn with_traceparent(properties: &BasicProperties) -> Option<BasicProperties> {
+    let headers = properties.headers().as_ref();
+    let valid = headers
+        .and_then(|h| h.get_str(header::TRACEPARENT))
+        .is_some_and(|t| is_valid_traceparent(&t));
+    if valid {
+        return None;
+    }
+    let mut headers = headers.cloned().unwrap_or_default();
+    headers.set_str(header::TRACEPARENT, &new_traceparent());
+    Some(properties.clone().with_headers(headers))
+}
+
+/// The span of one delivery. Ids come from the fulfilment read; for a body that cannot be
+/// fulfilled, from as much of it as can be read (`-` where nothing can).
+fn delivery_span(msg: &Message<'_>, read: &Result<Fulfilment, WebhookError>) -> tracing::Span {
+    let headers = msg.headers();
+    let traceparent = headers.and_then(|h| h.get_str(header::TRACEPARENT));
+    let message_id = msg.properties.message_id().as_ref().map(|id| id.as_str());
+    let summary;
+    let (kind, order_id, user_id) = match read {
+        Ok(f) => (
+            Some(f.notification_type.clone()),
+            f.order_id.as_deref(),
+            Some(f.user_id.as_str()),
+        ),
+        Err(_) => {
+            summary = webhook::summarize(msg.body).ok();
+            let kind = headers
+                .and_then(|h| h.get_str(header::NOTIFICATION_TYPE))
+                .or_else(|| summary.as_ref().map(|s| s.notification_type.clone()));
+            let s = summary.as_ref();
+            (
+                kind,
+                s.and_then(|s| s.order_id.as_deref()),
+                s.and_then(|s| s.user_id.as_deref()),
+            )
+        }
+    };
+    tracing::info_span!(
+        "delivery",
+        message_id = message_id.unwrap_or("-"),
+        traceparent = traceparent.as_deref().unwrap_or("-"),
+        r#type = kind.as_deref().unwrap_or(msg.routing_key),
+        order_id = order_id.unwrap_or("-"),
+        user_id = user_id.unwrap_or("-"),
+        attempt = msg.prior_attempts().saturating_add(1),
+    )
 }
 
 /// The `type` label: a fulfilled type, or `other`, so a stray type cannot grow the label set.

@@ -128,7 +128,7 @@ fn redacted(url: &reqwest::Url) -> reqwest::Url {
 /// The `worker` binary: logs, options check, `WORKER_LISTEN`, SIGTERM/ctrl-c, [`run`].
 /// A bad option is one line naming it and exit code 2.
 pub async fn run_main(args: WorkerArgs) -> ExitCode {
-    shared::telemetry::init_tracing(args.broker.log_format);
+    shared::telemetry::init_logging(args.broker.log_format);
     if let Err(problem) = args.broker.validate() {
         eprintln!("worker: bad configuration: {problem}");
         return ExitCode::from(2);

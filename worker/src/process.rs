@@ -117,8 +117,8 @@ pub async fn process_read(
                 WebhookError::NotFulfilled(_) => DeadReason::NotFulfilled,
                 _ => DeadReason::Unparsable,
             };
-            let message_id = msg.properties.message_id().as_ref().map(|s| s.to_string());
-            tracing::error!(error = %e, ?message_id, attempts, reason = reason.as_str(), "cannot fulfil this event; dead-lettering it");
+            // Its ids (message_id, attempt, …) are on the consume loop's `delivery` span.
+            tracing::error!(error = %e, reason = reason.as_str(), "cannot fulfil this event; dead-lettering it");
             return Outcome::Dead {
                 reason,
                 attempts,
@@ -131,13 +131,11 @@ pub async fn process_read(
         }
     };
     let request = InventoryRequest::new(fulfilment, received_at(msg), route_project(msg));
+    // Type, order, user and attempt are on the consume loop's `delivery` span.
     let span = tracing::info_span!(
         "fulfil",
-        r#type = %fulfilment.notification_type,
-        order_id = fulfilment.order_id.as_deref().unwrap_or("-"),
         transaction_id = fulfilment.transaction_id.as_deref().unwrap_or("-"),
         idempotency_key = %request.idempotency_key,
-        attempts,
     );
     fulfil(ctx, msg, fulfilment, &request, attempts)
         .instrument(span)
@@ -194,7 +192,8 @@ async fn fulfil(
             }
         }
         NextStep::BudgetExhausted => {
-            tracing::error!(error = %failure, ?elapsed, budget = ?ctx.policy.budget, "retry budget spent; dead-lettering");
+            let elapsed = humantime::format_duration(Duration::from_secs(elapsed.as_secs()));
+            tracing::error!(error = %failure, %elapsed, budget = ?ctx.policy.budget, "retry budget spent; dead-lettering");
             Outcome::Dead {
                 reason: DeadReason::RetryBudgetExhausted,
                 attempts,

@@ -151,7 +151,7 @@ pub async fn run_main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return shared::config::refuse_options("order-status", e),
     };
-    telemetry::init_tracing(args.broker.log_format);
+    telemetry::init_logging(args.broker.log_format);
     // The key file is read here too, so a bad one stops start-up like a missing option.
     let checked = args
         .validate()

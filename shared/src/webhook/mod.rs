@@ -117,6 +117,17 @@ pub fn summarize(body: &[u8]) -> Result<Summary, WebhookError> {
     })
 }
 
+/// The `order.id` an *unverified* body claims, for the log line that refuses it (logged as
+/// `claimed_order_id`): read without building a tree, and kept only when it looks like an id
+/// (at most 64 ASCII letters, digits, `-`, `_`, `.` or `:`), so that nothing else a sender
+/// writes there (an e-mail address, terminal escapes, a megabyte) reaches the log. `None`
+/// for anything else, bodies that are not JSON included.
+pub fn claimed_order_id(body: &[u8]) -> Option<String> {
+    let claim = pruned::parse(body, &pruned::CLAIM).ok()?;
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+    id_at(&claim, &["order", "id"]).filter(|id| id.len() <= 64 && id.bytes().all(plain))
+}
+
 /// `order_paid:<order>`, `<type>:tx:<transaction>`, else `<type>:sha1:<body hash>` (the
 /// body's own hash is stable across Xsolla's re-sends of an event with no natural id).
 fn dedup_id(kind: &str, order: Option<&str>, transaction: Option<&str>, body: &[u8]) -> String {
@@ -515,6 +526,39 @@ pub(crate) mod tests {
         let ok = format!(r#"{{{order},"x":{{"y":["\ud83d\ude00",1e300,"é"]}}}}"#);
         assert!(summarize(ok.as_bytes()).is_ok());
         assert!(FulfilmentMode::default().read(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn reads_a_claimed_order_id_only_when_it_looks_like_one() {
+        let claim = |body: &str| claimed_order_id(body.as_bytes());
+        assert_eq!(
+            claim(r#"{"order":{"id":571134},"x":[1,{"y":2}]}"#).as_deref(),
+            Some("571134")
+        );
+        assert_eq!(
+            claim(r#"{"order":{"id":"ord-7:a_b.c"}}"#).as_deref(),
+            Some("ord-7:a_b.c")
+        );
+        assert_eq!(
+            claimed_order_id(&fixture("order_paid_combined")).as_deref(),
+            Some("1")
+        );
+        for refused in [
+            r#"{"order":{"id":"player@example.com"}}"#,
+            "{\"order\":{\"id\":\"1\\u001b[31m\"}}",
+            r#"{"order":{"id":"1 2"}}"#,
+            r#"{"order":{"id":1.5}}"#,
+            r#"{"order":"1"}"#,
+            r#"{"user":{"id":"1"}}"#,
+            r#"not json"#,
+            r#"{"order":{"id":1}"#,
+        ] {
+            assert_eq!(claim(refused), None, "{refused}");
+        }
+        assert_eq!(
+            claim(&format!(r#"{{"order":{{"id":"{}"}}}}"#, "9".repeat(65))),
+            None
+        );
     }
 
     #[test]

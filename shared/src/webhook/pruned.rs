@@ -68,6 +68,9 @@ pub(super) static SUMMARY: Shape = Object(&[
     ),
 ]);
 
+/// Only the order id an unverified body claims ([`super::claimed_order_id`]).
+pub(super) static CLAIM: Shape = Object(&[("order", Object(&[("id", Whole)]))]);
+
 /// Parses `body` keeping only what `shape` names.
 pub(super) fn parse(body: &[u8], shape: &'static Shape) -> serde_json::Result<Value> {
     // The whole body is checked as UTF-8 at once (std's ASCII fast path) instead of string

@@ -459,13 +459,15 @@ async fn send(cli: &Target, args: &SendArgs, secret: &str) -> anyhow::Result<Exi
     };
     let started = Instant::now();
     let mut n = 0usize;
+    // Each answer's body (what tells one 400 from another), in attempt order.
+    let bodies = std::cell::RefCell::new(Vec::new());
     let delivery = sim::send::deliver_with(webhook.kind, policy, started, || {
         n += 1;
         let (attempt, sender, webhook, delays) = (n, &sender, &webhook, &delays);
-        let quiet = args.delivering.json;
+        let (quiet, bodies) = (args.delivering.json, &bodies);
         async move {
             let sent = Instant::now();
-            let answer = sender.attempt(webhook).await;
+            let (answer, body) = sender.attempt_with_body(webhook).await;
             if !quiet {
                 let next = next_step(
                     webhook.kind,
@@ -478,16 +480,26 @@ async fn send(cli: &Target, args: &SendArgs, secret: &str) -> anyhow::Result<Exi
                     (sent - started).as_secs_f64() * 1000.0,
                     sent.elapsed().as_secs_f64() * 1000.0,
                 );
+                if !body.is_empty() {
+                    println!("       {body}");
+                }
             }
+            bodies.borrow_mut().push(body);
             answer
         }
     })
     .await;
     if args.delivering.json {
+        let mut delivery_json = serde_json::to_value(&delivery)?;
+        if let Some(attempts) = delivery_json["attempts"].as_array_mut() {
+            for (attempt, body) in attempts.iter_mut().zip(bodies.into_inner()) {
+                attempt["body"] = body.into();
+            }
+        }
         let report = serde_json::json!({
             "url": cli.url, "notification_type": webhook.kind.as_str(), "id": webhook.id,
             "acknowledged": delivery.acknowledged(), "final_status": delivery.final_status(),
-            "delivery": delivery,
+            "delivery": delivery_json,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -189,6 +189,12 @@ impl Sender {
 
     /// One POST, classified.
     pub async fn attempt(&self, webhook: &Webhook) -> Answer {
+        self.attempt_with_body(webhook).await.0
+    }
+
+    /// One POST, classified, with the answer's body as [`shown`] text (empty when there was
+    /// none): what tells `INVALID_USER` from `INVALID_SIGNATURE`, both 400s.
+    pub async fn attempt_with_body(&self, webhook: &Webhook) -> (Answer, String) {
         let sent = self
             .client
             .post(&self.url)
@@ -201,10 +207,10 @@ impl Sender {
             Ok(response) => {
                 let status = response.status().as_u16();
                 // Read the body so the connection goes back to the pool.
-                let _ = response.bytes().await;
-                Answer::Status(status)
+                let body = response.bytes().await.unwrap_or_default();
+                (Answer::Status(status), shown(&body))
             }
-            Err(e) => Answer::NoAnswer(describe(&e)),
+            Err(e) => (Answer::NoAnswer(describe(&e)), String::new()),
         }
     }
 
@@ -230,6 +236,34 @@ impl Sender {
         })
         .await
     }
+}
+
+/// The most of an answer's body that [`shown`] keeps.
+pub const BODY_SHOWN: usize = 1024;
+
+/// An answer's body for a terminal: text (invalid UTF-8 replaced), trimmed, cut after
+/// [`BODY_SHOWN`] bytes (`…`), control characters escaped (`\u{1b}`), so an endpoint's
+/// answer cannot move the cursor or hide a line.
+pub fn shown(body: &[u8]) -> String {
+    let cut = body.len() > BODY_SHOWN;
+    let text = String::from_utf8_lossy(&body[..body.len().min(BODY_SHOWN)]);
+    let mut out: String = text
+        .trim()
+        .chars()
+        .flat_map(|c| {
+            let escape = c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+            let shown: Vec<char> = if escape {
+                c.escape_unicode().collect()
+            } else {
+                vec![c]
+            };
+            shown
+        })
+        .collect();
+    if cut {
+        out.push('…');
+    }
+    out
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -286,6 +320,19 @@ mod tests {
             }
         })
         .await
+    }
+
+    #[test]
+    fn shows_a_body_as_one_safe_line() {
+        assert_eq!(
+            shown(b"{\"error\":{\"code\":\"INVALID_USER\"}}\n"),
+            r#"{"error":{"code":"INVALID_USER"}}"#
+        );
+        assert_eq!(shown(b""), "");
+        assert_eq!(shown(b"a\x1b[2Jb\nc"), "a\\u{1b}[2Jb\\u{a}c");
+        assert_eq!(shown(b"\xff"), "\u{fffd}");
+        let long = shown(&vec![b'x'; BODY_SHOWN + 10]);
+        assert!(long.ends_with('…') && long.len() == BODY_SHOWN + '…'.len_utf8());
     }
 
     #[tokio::test(start_paused = true)]
