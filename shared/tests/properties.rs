@@ -109,6 +109,15 @@ proptest! {
         if let Ok(s) = summarize(&body) {
             prop_assert_eq!(s.order_id, shared::webhook::id_at(&full, &["order", "id"]));
         }
+        // The order events' view holds what the tree holds along every path they read.
+        let view = shared::webhook::order_view(&body).unwrap();
+        for path in [
+            "/notification_type", "/order/id", "/order/amount", "/order/currency", "/order/mode",
+            "/user/id", "/user/external_id", "/items", "/settings/project_id",
+            "/billing/settings/project_id",
+        ] {
+            prop_assert_eq!(view.pointer(path), full.pointer(path), "{}", path);
+        }
     }
 
     #[test]

@@ -117,6 +117,13 @@ pub fn summarize(body: &[u8]) -> Result<Summary, WebhookError> {
     })
 }
 
+/// The parts of an order webhook an order event shows (type, order, user, items, project),
+/// with the same shape as the full tree along those paths; the rest is checked as a
+/// `Value` would check it and dropped. `None` if the body is not JSON.
+pub fn order_view(body: &[u8]) -> Option<Value> {
+    pruned::parse(body, &pruned::ORDER_VIEW).ok()
+}
+
 /// The `order.id` an *unverified* body claims, for the log line that refuses it (logged as
 /// `claimed_order_id`): read without building a tree, and kept only when it looks like an id
 /// (at most 64 ASCII letters, digits, `-`, `_`, `.` or `:`), so that nothing else a sender

@@ -68,6 +68,27 @@ pub(super) static SUMMARY: Shape = Object(&[
     ),
 ]);
 
+/// Every path an order event reads (`order_events::OrderEvent::from_webhook`).
+pub(super) static ORDER_VIEW: Shape = Object(&[
+    ("notification_type", Whole),
+    (
+        "order",
+        Object(&[
+            ("id", Whole),
+            ("amount", Whole),
+            ("currency", Whole),
+            ("mode", Whole),
+        ]),
+    ),
+    ("user", Object(&[("id", Whole), ("external_id", Whole)])),
+    ("items", Whole),
+    ("settings", Object(&[("project_id", Whole)])),
+    (
+        "billing",
+        Object(&[("settings", Object(&[("project_id", Whole)]))]),
+    ),
+]);
+
 /// Only the order id an unverified body claims ([`super::claimed_order_id`]).
 pub(super) static CLAIM: Shape = Object(&[("order", Object(&[("id", Whole)]))]);
 
