@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod rabbit;
 pub mod sim;
 pub mod status_harness;
+pub mod suite;
 pub mod wait;
 pub mod worker_harness;
 
