@@ -265,6 +265,16 @@ mod private_broker {
 
         // Node 1 is lost with its disk and a new one of the same name takes its place.
         cluster.replace(1).await.unwrap();
+        declare_on(&cluster.amqp_urls()[1], "replaced node")
+            .await
+            .close()
+            .await;
+        // As for the node that joined: stream publishes through it once the stream
+        // coordinator has taken it in again (see `Cluster::replace`).
+        cluster
+            .wait_stream_coordinator(1, Duration::from_secs(90))
+            .await
+            .unwrap();
         let session = declare_on(&cluster.amqp_urls()[1], "replaced node").await;
         publish_order(&session, 3).await;
         session.close().await;

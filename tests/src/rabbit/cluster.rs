@@ -279,15 +279,34 @@ impl Cluster {
 
     /// Node `i` is lost for good and a new machine of the same name takes its place, as a
     /// StatefulSet replaces a pod whose volume is gone: SIGKILL, data deleted, forgotten by
-    /// the others (`forget_cluster_node`, which also drops it from every quorum queue),
-    /// booted empty and joined again. Existing quorum queues then have one member fewer
-    /// until [`grow`](Self::grow) (RabbitMQ does not add one by itself).
+    /// the others (`forget_cluster_node`, which also drops it from every quorum queue, and
+    /// by the stream coordinator: see below), booted empty and joined again. Existing
+    /// quorum queues then have one member fewer until [`grow`](Self::grow) (RabbitMQ does
+    /// not add one by itself); the stream's replica on it is rebuilt by RabbitMQ.
+    ///
+    /// RabbitMQ 3.10's `forget_cluster_node` leaves the node in the stream coordinator
+    /// (fixed in 3.13, rabbitmq-server#10331), whose member on the new machine then never
+    /// starts (`noproc`, seen here): the coordinator runs on two of three members, and
+    /// stream publishes through the new machine were refused on a loaded machine. So the
+    /// member is removed as well; the coordinator's leader adds the rejoined node back on
+    /// its next tick (see [`wait_stream_coordinator`](Self::wait_stream_coordinator)).
     pub async fn replace(&self, i: usize) -> anyhow::Result<()> {
         self.up[i].store(false, Ordering::SeqCst);
         let broker = &self.nodes[i];
         broker.kill_node_unsynced().await?;
         wipe_data(broker)?;
         self.ctl(&["forget_cluster_node", broker.node()]).await?;
+        let expr = format!(
+            "ra:remove_member({{rabbit_stream_coordinator, node()}}, \
+             {{rabbit_stream_coordinator, '{}'}}).",
+            broker.node()
+        );
+        let out = self.ctl(&["eval", &expr]).await?;
+        anyhow::ensure!(
+            out.starts_with("{ok,") || out.contains("not_member"),
+            "removing {} from the stream coordinator: {out}",
+            broker.node()
+        );
         broker.restart_node().await?;
         self.up[i].store(true, Ordering::SeqCst);
         let seed = (0..self.len())
