@@ -11,53 +11,10 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::{PrivateBroker, QueueArguments, parse_queue_arguments, run_cli};
+use super::{PrivateBroker, QueueArguments, QueueReplicas, parse_queue_arguments, run_cli};
 
 /// How often [`Cluster::wait_until`] looks again: each look is a CLI call (~0.5 s of CPU).
 const LOOK_EVERY: Duration = Duration::from_millis(250);
-
-/// Where one queue's replicas are, as `rabbitmqctl list_queues name type leader members
-/// online` reports it (node names such as `xbtest-123-0@localhost`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct QueueReplicas {
-    pub name: String,
-    /// `quorum`, `stream` or `classic`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Empty while no leader is known (an election, or a majority down).
-    #[serde(default, deserialize_with = "node_or_none")]
-    pub leader: Option<String>,
-    /// Every node that holds a replica, running or not.
-    #[serde(default, deserialize_with = "node_list")]
-    pub members: Vec<String>,
-    /// The members whose replica runs right now.
-    #[serde(default, deserialize_with = "node_list")]
-    pub online: Vec<String>,
-}
-
-impl QueueReplicas {
-    /// A leader, and every member's replica running.
-    pub fn fully_online(&self) -> bool {
-        self.leader.is_some() && self.members.iter().all(|m| self.online.contains(m))
-    }
-}
-
-/// The CLI prints `""` (or nothing) for a queue type without a leader or members.
-fn node_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    Ok(v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
-}
-
-fn node_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    Ok(v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|n| n.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
-}
 
 /// Private nodes joined into one cluster. Node `i` is [`Cluster::node`]`(i)`; its AMQP URL
 /// is `amqp_urls()[i]`. Every node shares the Erlang cookie of the `rabbitmq` user (Debian's

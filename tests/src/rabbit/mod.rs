@@ -185,9 +185,11 @@ pub fn parse_queue_arguments(json: &str) -> anyhow::Result<QueueArguments> {
 mod cluster;
 mod private_broker;
 mod proxy;
+mod replicas;
 mod vhost;
 
-pub use cluster::{Cluster, QueueReplicas};
+pub use cluster::Cluster;
 pub use private_broker::{PrivateBroker, TlsFiles, pick_free_port};
 pub use proxy::TcpProxy;
+pub use replicas::QueueReplicas;
 pub use vhost::TestVhost;
