@@ -193,10 +193,14 @@ impl Cluster {
         .map(drop)
     }
 
-    /// SIGKILL node `i` (after syncing its DETS tables: see [`PrivateBroker::kill_node`]).
-    pub async fn kill(&self, i: usize) -> anyhow::Result<()> {
+    /// SIGKILL node `i` (after syncing its DETS tables: see [`PrivateBroker::kill_node`]);
+    /// returns when the signal was sent, the moment clients and peers lose the node.
+    pub async fn kill(&self, i: usize) -> anyhow::Result<Instant> {
+        self.nodes[i].sync_dets().await?;
         self.up[i].store(false, Ordering::SeqCst);
-        self.nodes[i].kill_node().await
+        let killed = Instant::now();
+        self.nodes[i].kill_node_unsynced().await?;
+        Ok(killed)
     }
 
     /// Stops node `i` gracefully (`rabbitmqctl stop`): it hands its leaderships over first.

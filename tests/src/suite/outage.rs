@@ -58,34 +58,26 @@ pub struct Refusal {
     pub took: Duration,
 }
 
-/// The longest refusal of each ingress that began in `[from, to)`, from `answers` sorted by
+/// Whether `[began, ended]` overlaps `[from, to)`: a refusal that began a moment before a
+/// fault's recorded start (requests in flight when the node died) still belongs to it.
+fn overlaps(began: Instant, ended: Instant, from: Instant, to: Instant) -> bool {
+    began < to && ended >= from
+}
+
+/// The longest refusal of each ingress that overlaps `[from, to)`, from `answers` sorted by
 /// time (refusals still open at the end of the answers are measured to the last answer).
 pub fn refusals(answers: &[Answered], from: Instant, to: Instant) -> BTreeMap<usize, Refusal> {
     let mut open: BTreeMap<usize, Instant> = BTreeMap::new();
-    let mut longest: BTreeMap<usize, Refusal> = BTreeMap::new();
-    let mut close = |ingress: usize, began: Instant, end: Instant| {
-        if began < from || began >= to {
-            return;
-        }
-        let took = end.saturating_duration_since(began);
-        let best = longest.entry(ingress).or_insert(Refusal {
-            ingress,
-            began,
-            took: Duration::ZERO,
-        });
-        if took > best.took {
-            *best = Refusal {
-                ingress,
-                began,
-                took,
-            };
-        }
-    };
+    let mut runs: Vec<Refusal> = Vec::new();
     for a in answers {
         match (a.is_success(), open.get(&a.ingress).copied()) {
             (true, Some(began)) => {
                 open.remove(&a.ingress);
-                close(a.ingress, began, a.at);
+                runs.push(Refusal {
+                    ingress: a.ingress,
+                    began,
+                    took: a.at.saturating_duration_since(began),
+                });
             }
             (false, None) => {
                 open.insert(a.ingress, a.at);
@@ -95,14 +87,29 @@ pub fn refusals(answers: &[Answered], from: Instant, to: Instant) -> BTreeMap<us
     }
     let end = answers.last().map(|a| a.at);
     for (ingress, began) in open {
-        close(ingress, began, end.unwrap_or(began));
+        let took = end.map_or(Duration::ZERO, |e| e.saturating_duration_since(began));
+        runs.push(Refusal {
+            ingress,
+            began,
+            took,
+        });
+    }
+    let mut longest: BTreeMap<usize, Refusal> = BTreeMap::new();
+    for run in runs
+        .into_iter()
+        .filter(|r| overlaps(r.began, r.began + r.took, from, to))
+    {
+        let best = longest.entry(run.ingress).or_insert(run);
+        if run.took > best.took {
+            *best = run;
+        }
     }
     longest
 }
 
 /// The longest any one webhook delivery waited from its first refused send to its
-/// acknowledgement, among deliveries whose first refusal fell in `[from, to)`; `None` when
-/// none was refused there. Deliveries never acknowledged are the verdict's business.
+/// acknowledgement, among deliveries whose refusal overlaps `[from, to)`; `None` when none
+/// was refused there. Deliveries never acknowledged are the verdict's business.
 pub fn longest_refused_webhook(
     answers: &[Answered],
     from: Instant,
@@ -114,8 +121,7 @@ pub fn longest_refused_webhook(
         if !a.is_success() {
             first_refusal.entry(a.delivery).or_insert(a.at);
         } else if let Some(began) = first_refusal.remove(&a.delivery)
-            && began >= from
-            && began < to
+            && overlaps(began, a.at, from, to)
         {
             let took = a.at.saturating_duration_since(began);
             longest = Some(longest.map_or(took, |l: Duration| l.max(took)));
@@ -177,14 +183,17 @@ mod tests {
         assert_eq!(r[&0].took, Duration::from_millis(600));
         assert_eq!(r[&0].began, ms(t0, 100));
         assert_eq!(r[&1].took, Duration::from_millis(50));
-        // Only refusals that began in the window.
-        assert!(refusals(&answers, ms(t0, 200), ms(t0, 750)).is_empty());
+        // Refusals that overlap the window: one begun just before it counts.
+        let r = refusals(&answers, ms(t0, 200), ms(t0, 750));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[&0].took, Duration::from_millis(600));
+        assert!(refusals(&answers, ms(t0, 710), ms(t0, 790)).is_empty());
         assert_eq!(
             longest_refused_webhook(&answers, ms(t0, 0), ms(t0, 1000)),
             Some(Duration::from_millis(600))
         );
         assert_eq!(
-            longest_refused_webhook(&answers, ms(t0, 700), ms(t0, 1000)),
+            longest_refused_webhook(&answers, ms(t0, 750), ms(t0, 1000)),
             Some(Duration::from_millis(50))
         );
     }

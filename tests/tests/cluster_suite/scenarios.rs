@@ -24,7 +24,8 @@ pub struct Scenario {
     pub what: String,
     /// Webhooks acknowledged when it began.
     pub after_acks: u64,
-    /// When the fault was dealt (the node dead or stopped).
+    /// When the fault was dealt (the SIGKILL sent; for the rolling restart, when its first
+    /// step began).
     pub began: Instant,
     /// When the cluster was back to full strength.
     pub ended: Instant,
@@ -125,8 +126,7 @@ impl Driver<'_> {
         follow: Option<usize>,
     ) {
         let grants_before = self.inventory.inspect(|s| s.grants.len());
-        self.cluster.kill(node).await.expect("SIGKILL node");
-        let began = Instant::now();
+        let began = self.cluster.kill(node).await.expect("SIGKILL node");
         let mut steps = Vec::new();
         let elected = self
             .cluster
