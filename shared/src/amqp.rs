@@ -45,17 +45,29 @@ impl Session {
         topology: &Topology,
     ) -> lapin::Result<Session> {
         let (connection, node) = brokers.connect(name).await?;
-        let channel = connection.create_channel().await?;
-        topology::declare(&channel, topology).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Session {
-            connection,
-            channel,
-            node,
-            addr: brokers.nodes()[node].addr().to_owned(),
-        })
+        let ready = async {
+            let channel = topology::declare_on(&connection, topology).await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        }
+        .await;
+        match ready {
+            Ok(channel) => Ok(Session {
+                connection,
+                channel,
+                node,
+                addr: brokers.nodes()[node].addr().to_owned(),
+            }),
+            Err(error) => {
+                // The node answered but cannot serve the topology (one still joining its
+                // cluster, say): the next attempt starts with another node.
+                brokers.lost(node);
+                let _ = connection.close(200, "topology not declared".into()).await;
+                Err(error)
+            }
+        }
     }
 
     /// `host:port` of the node this session is on.

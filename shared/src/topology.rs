@@ -8,14 +8,20 @@
 //!             xsolla.unrouted (fanout) ──► xsolla.unrouted            └────────┘
 //!                                                                              └─► xsolla.fulfillment.dlq (quorum)
 //! ```
+//!
+//! On a cluster every quorum queue and the order-event stream get [`REPLICAS`] members.
+
+mod replicas;
+
+pub use replicas::{QUORUM_SIZE_ARG, REPLICAS, STREAM_SIZE_ARG};
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::Duration,
 };
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
@@ -127,17 +133,15 @@ fn dead_letter_to(target: &str) -> [(&'static str, AMQPValue); 4] {
 /// Declares everything. Idempotent; fails with `PRECONDITION_FAILED` if a queue already
 /// exists with other arguments (for instance, a classic queue of the same name).
 ///
-/// One exception is tolerated: an `xsolla.unrouted` declared by a version without
-/// [`Topology::unrouted_ttl`]. The first declaration in the process then fails (the broker
-/// closes the channel, and a `Channel` cannot open another), the process remembers it and
-/// logs the one command that bounds the queue by policy, and every later declaration, i.e.
-/// the supervisor's reconnect about 100 ms later, declares the queue as it is.
+/// Two exceptions are tolerated, both queues declared by an older version: an
+/// `xsolla.unrouted` without [`Topology::unrouted_ttl`], and any queue without its member
+/// count ([`REPLICAS`]). The first declaration that meets one fails (the broker closes the
+/// channel, and a `Channel` cannot open another); the process remembers the queue, logs
+/// what an operator can do about it, and every later declaration declares that queue as it
+/// is. [`declare_on`] declares again at once on a fresh channel; a plain `declare` leaves it
+/// to the caller's retry (the supervisor's reconnect).
 pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let durable_queue = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
@@ -162,17 +166,13 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         "x-delivery-limit",
         AMQPValue::LongLongInt(DLQ_DELIVERY_LIMIT),
     )]);
-    channel
-        .queue_declare(DLQ.into(), durable_queue, dlq_args)
-        .await?;
+    declare_quorum(channel, DLQ, dlq_args).await?;
     let mut work_args = dead_letter_to(DLQ).to_vec();
     work_args.push((
         "x-delivery-limit",
         AMQPValue::LongLongInt(WORK_QUEUE_DELIVERY_LIMIT),
     ));
-    channel
-        .queue_declare(WORK_QUEUE.into(), durable_queue, quorum_args(&work_args))
-        .await?;
+    declare_quorum(channel, WORK_QUEUE, quorum_args(&work_args)).await?;
     for routing_key in topology.mode.fulfilled_types() {
         bind(channel, WORK_QUEUE, EXCHANGE, routing_key).await?;
     }
@@ -181,46 +181,87 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         let mut args = dead_letter_to(WORK_QUEUE).to_vec();
         args.push(("x-message-ttl", AMQPValue::LongLongInt(ttl)));
-        channel
-            .queue_declare(
-                retry_queue_name(*delay).as_str().into(),
-                durable_queue,
-                quorum_args(&args),
-            )
-            .await?;
+        declare_quorum(channel, &retry_queue_name(*delay), quorum_args(&args)).await?;
     }
     declare_order_events(channel, topology.status_retention).await
 }
 
+/// [`declare`] on a channel of its own, opened on `connection`, and again on a fresh one
+/// after each refusal that a fallback of [`declare`] now handles: a broker whose queues all
+/// predate an argument costs this one connection a channel per queue, instead of a
+/// reconnect per queue. Returns the channel the declaration succeeded on.
+pub async fn declare_on(connection: &Connection, topology: &Topology) -> lapin::Result<Channel> {
+    loop {
+        // Every fallback is recorded once per queue, so this loop ends.
+        let handled = FALLBACKS.load(Ordering::SeqCst);
+        let channel = connection.create_channel().await?;
+        match declare(&channel, topology).await {
+            Ok(()) => return Ok(channel),
+            Err(_) if FALLBACKS.load(Ordering::SeqCst) > handled => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Fallbacks recorded so far in this process (a queue found to predate an argument).
+static FALLBACKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Declares a durable quorum queue with `args` plus its member count (see [`REPLICAS`]).
+async fn declare_quorum(channel: &Channel, queue: &str, args: FieldTable) -> lapin::Result<()> {
+    declare_replicated(channel, queue, args, QUORUM_SIZE_ARG).await
+}
+
+/// Declares a durable queue with `args` plus `size_key` = [`REPLICAS`], or without the
+/// latter when the queue's broker copy predates it (remembered from an earlier refusal).
+async fn declare_replicated(
+    channel: &Channel,
+    queue: &str,
+    mut args: FieldTable,
+    size_key: &'static str,
+) -> lapin::Result<()> {
+    let sized = replicas::size_arg(queue, size_key);
+    if let Some((key, value)) = &sized {
+        args.insert((*key).into(), value.clone());
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let declared = channel.queue_declare(queue.into(), durable, args).await;
+    if let Err(error) = &declared
+        && sized.is_some()
+        && let Some(text) = precondition_failed(error)
+        && replicas::note_refusal(queue, size_key, &text)
+    {
+        FALLBACKS.fetch_add(1, Ordering::SeqCst);
+    }
+    declared.map(drop)
+}
+
 /// Set once a broker refused `x-message-ttl` on `xsolla.unrouted` (the queue predates it).
-/// Process-wide because the retry that must see it runs on a new connection; a process
+/// Process-wide because the retry that must see it runs on a new channel or connection; a process
 /// talks to one vhost, whose queue does not change arguments while the process runs.
 static UNROUTED_WITHOUT_TTL: AtomicBool = AtomicBool::new(false);
 
 /// `x-message-ttl` on a quorum queue needs RabbitMQ >= 3.10.
 /// <https://www.rabbitmq.com/docs/ttl#per-queue-message-ttl>
 async fn declare_unrouted_queue(channel: &Channel, ttl: Duration) -> lapin::Result<()> {
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
     let legacy = UNROUTED_WITHOUT_TTL.load(Ordering::SeqCst);
     let ttl_ms = ttl_millis(ttl);
     let args = match ttl_ms {
         Some(ms) if !legacy => quorum_args(&[("x-message-ttl", AMQPValue::LongLongInt(ms))]),
         _ => quorum_args(&[]),
     };
-    let declared = channel
-        .queue_declare(UNROUTED_QUEUE.into(), durable_queue, args)
-        .await;
+    let declared = declare_quorum(channel, UNROUTED_QUEUE, args).await;
     let refusal = match &declared {
         Err(error) if ttl_ms.is_some() && !legacy => precondition_failed(error),
         _ => None,
     };
     match refusal {
         // RabbitMQ's words for a queue that has no TTL at all: one declared before it existed.
-        Some(text) if text.contains("x-message-ttl") && text.contains("current is none") => {
+        Some(text) if text.contains("'x-message-ttl'") && text.contains("current is none") => {
             UNROUTED_WITHOUT_TTL.store(true, Ordering::SeqCst);
+            FALLBACKS.fetch_add(1, Ordering::SeqCst);
             tracing::warn!(
                 "{UNROUTED_QUEUE} exists without a retention limit (declared by an older \
                  version); it is kept as it is and unknown webhook types pile up in it. \
@@ -228,7 +269,7 @@ async fn declare_unrouted_queue(channel: &Channel, ttl: Duration) -> lapin::Resu
                 unrouted_policy_command(vhost_of(&text).as_deref(), ttl)
             );
         }
-        Some(text) if text.contains("x-message-ttl") => tracing::error!(
+        Some(text) if text.contains("'x-message-ttl'") => tracing::error!(
             refused = text,
             "{UNROUTED_QUEUE} has another retention: set UNROUTED_TTL the same on every \
              process (it is fixed when the queue is first declared)"
@@ -283,22 +324,15 @@ fn vhost_of(refusal: &str) -> Option<String> {
 /// The order-event stream, bound to the webhook exchange for the order types so the
 /// ingress's one confirmed publish makes an acceptance visible (no worker needed).
 /// `x-max-age` is fixed at declaration: every process must use the same
-/// `STATUS_RETENTION`, or the later one fails with `PRECONDITION_FAILED`.
+/// `STATUS_RETENTION`, or the later one fails with `PRECONDITION_FAILED`. Its members
+/// ([`REPLICAS`]) are `x-initial-cluster-size`; without it RabbitMQ would put a replica on
+/// every node of a cluster of any size.
 /// <https://www.rabbitmq.com/docs/streams#retention>
 async fn declare_order_events(channel: &Channel, retention: Duration) -> lapin::Result<()> {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), long("stream"));
     args.insert("x-max-age".into(), long(&order_events::max_age(retention)));
-    channel
-        .queue_declare(
-            order_events::STREAM.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
+    declare_replicated(channel, order_events::STREAM, args, STREAM_SIZE_ARG).await?;
     for routing_key in order_events::WEBHOOK_TYPES {
         bind(channel, order_events::STREAM, EXCHANGE, routing_key).await?;
     }

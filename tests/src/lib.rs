@@ -10,6 +10,7 @@ pub mod logs;
 pub mod rabbit;
 pub mod sim;
 pub mod status_harness;
+pub mod suite;
 pub mod wait;
 pub mod worker_harness;
 

@@ -12,28 +12,22 @@
 //! Faults are triggered by conditions (so many webhooks acknowledged), never by timers;
 //! only their durations (broker and inventory down for 2 s) are fixed.
 
-#[path = "fault_suite/plan.rs"]
-mod plan;
-#[path = "fault_suite/procs.rs"]
-mod procs;
-#[path = "fault_suite/verdict.rs"]
-mod verdict;
-
 use std::{sync::Arc, time::Duration};
 
-use plan::{OrderResult, REJECTED_SKU, SendCtx};
-use procs::{LogDir, Service};
-use shared::topology::{DLQ, UNROUTED_QUEUE, WORK_QUEUE, retry_queue_name};
 use tests::{
-    bin_path,
-    inventory::{DemoInventory, Faults, InventoryConfig, InventoryHandle, Snapshot},
-    rabbit::{PrivateBroker, pick_free_port},
+    inventory::{DemoInventory, Faults, InventoryConfig, InventoryHandle},
+    rabbit::PrivateBroker,
     sim::{Policy, Sender, new_run_id},
-    worker_harness::metric_sum,
+    suite::{
+        plan::{self, REJECTED_SKU, SendCtx},
+        procs::{LogDir, Service},
+        settle::{self, Patience},
+        system::{self, Setup, System},
+        verdict::{self, FaultEvent, Timings},
+    },
 };
-use tokio::{task::JoinSet, time::Instant};
-use verdict::{FaultEvent, Timings};
-use worker::dlq::{DeadLetter, DlqConnection, ListOptions};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "fault-suite-secret";
 /// Worker delay tiers (and the topology both binaries declare).
@@ -51,13 +45,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const OUTAGE: Duration = Duration::from_secs(2);
 /// Longest wait for the next fault's trigger (so many acks).
 const TRIGGER_WITHIN: Duration = Duration::from_secs(120);
-/// Longest wait for the system to settle after the last webhook.
-const DRAIN_WITHIN: Duration = Duration::from_secs(120);
-/// Settled = nothing queued or in flight, and the inventory unchanged for this long.
-const QUIET: Duration = Duration::from_secs(1);
-/// Settled this long with effects still missing: they will not come (the longest wait
-/// inside the system is a 1 s tier or a 1 s `Retry-After`).
-const STUCK: Duration = Duration::from_secs(5);
+/// Waiting for the end: the longest wait inside the system is a 1 s tier or a 1 s
+/// `Retry-After`, so 5 s settled with effects missing means they will not come.
+const PATIENCE: Patience = Patience {
+    within: Duration::from_secs(120),
+    quiet: Duration::from_secs(1),
+    stuck: Duration::from_secs(5),
+};
 
 struct Config {
     orders: usize,
@@ -80,106 +74,6 @@ impl Config {
             seed: var("FAULT_SUITE_SEED").unwrap_or_else(rand::random),
         }
     }
-}
-
-/// The three processes under test.
-struct System {
-    ingress: Service,
-    workers: Vec<Service>,
-    ingress_url: String,
-}
-
-impl System {
-    async fn start(broker: &PrivateBroker, inventory_url: &str, logs: &LogDir) -> System {
-        let delays = RETRY_DELAYS
-            .iter()
-            .map(|(s, _)| *s)
-            .collect::<Vec<_>>()
-            .join(",");
-        let common = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
-            [
-                ("AMQP_URL", broker.amqp_url()),
-                ("RETRY_DELAYS", delays.clone()),
-                ("PUBLISH_TIMEOUT", "2s".into()),
-                ("SHUTDOWN_TIMEOUT", "5s".into()),
-            ]
-            .iter()
-            .chain(pairs)
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect()
-        };
-        let ingress_addr = format!("127.0.0.1:{}", pick_free_port().unwrap());
-        let ingress_env = common(&[
-            ("INGRESS_LISTEN", ingress_addr.clone()),
-            ("XSOLLA_WEBHOOK_SECRET", SECRET.into()),
-        ]);
-        let mut ingress = Service::new(
-            "ingress",
-            bin_path("ingress"),
-            ingress_env,
-            ingress_addr.clone(),
-            logs,
-        );
-        let mut workers = Vec::new();
-        for n in 1..=2 {
-            let ops = format!("127.0.0.1:{}", pick_free_port().unwrap());
-            let env = common(&[
-                ("INVENTORY_URL", inventory_url.to_owned()),
-                ("WORKER_LISTEN", ops.clone()),
-                ("WORKER_CONCURRENCY", "16".into()),
-                ("INVENTORY_TIMEOUT", "1s".into()),
-                ("QUICK_RETRIES", "1".into()),
-                ("RETRY_BUDGET", "10m".into()),
-            ]);
-            workers.push(Service::new(
-                &format!("worker-{n}"),
-                bin_path("worker"),
-                env,
-                ops,
-                logs,
-            ));
-        }
-        ingress.start().await.expect("ingress starts");
-        for w in &mut workers {
-            w.start().await.expect("worker starts");
-        }
-        System {
-            ingress,
-            workers,
-            ingress_url: format!("http://{ingress_addr}/webhooks/xsolla"),
-        }
-    }
-
-    /// Deliveries the workers hold right now (`worker_in_flight`); `None` if one of them
-    /// does not answer.
-    async fn in_flight(&self) -> Option<f64> {
-        let mut sum = 0.0;
-        for w in &self.workers {
-            sum += in_flight(w).await?;
-        }
-        Some(sum)
-    }
-
-    /// Every child's log file, for failure messages.
-    fn logs(&self) -> String {
-        std::iter::once(&self.ingress)
-            .chain(&self.workers)
-            .flat_map(Service::log_files)
-            .map(|p| format!("  {}", p.display()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-/// `worker_in_flight` of one worker; `None` if it does not answer.
-async fn in_flight(worker: &Service) -> Option<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", worker.ops))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(metric_sum(&text, "worker_in_flight", &[]))
 }
 
 /// Injects the faults in turn, each once enough webhooks have been acknowledged.
@@ -232,7 +126,7 @@ impl FaultDriver<'_> {
     async fn kill_worker(&mut self, share: f64, worker: &mut Service) {
         let acks = self.after(share).await;
         let began = Instant::now();
-        let holding = in_flight(worker).await.unwrap_or(f64::NAN);
+        let holding = system::in_flight(worker).await.unwrap_or(f64::NAN);
         worker.sigkill().await.expect("SIGKILL worker");
         worker.start().await.expect("worker restarts");
         let what = format!(
@@ -300,108 +194,15 @@ impl FaultDriver<'_> {
             unreachable!("two workers")
         };
         self.kill_worker(0.25, w1).await;
-        self.restart_ingress(0.38, &mut system.ingress, false).await;
+        let [ingress] = &mut system.ingresses[..] else {
+            unreachable!("one ingress")
+        };
+        self.restart_ingress(0.38, ingress, false).await;
         self.inventory_down(0.50).await;
-        self.restart_ingress(0.62, &mut system.ingress, true).await;
+        self.restart_ingress(0.62, ingress, true).await;
         self.kill_worker(0.72, w2).await;
         self.restart_broker(0.82).await;
     }
-}
-
-/// Starts the orders at `rate` per second (open loop, as payments happen) and collects
-/// what became of each.
-async fn send_orders(
-    ctx: Arc<SendCtx>,
-    plans: Vec<plan::OrderPlan>,
-    rate: f64,
-) -> Vec<OrderResult> {
-    let start = Instant::now();
-    let mut tasks = JoinSet::new();
-    for (i, plan) in plans.into_iter().enumerate() {
-        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
-        tasks.spawn(ctx.clone().run_order(plan));
-    }
-    let mut results = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        results.push(done.expect("order task"));
-    }
-    results.sort_by(|a, b| a.plan.id.cmp(&b.plan.id));
-    results
-}
-
-/// Whether every acknowledged webhook's effect is in `s`.
-fn all_applied(results: &[OrderResult], s: &Snapshot) -> bool {
-    results.iter().all(|r| {
-        (r.plan.rejected || !r.paid_acked() || s.grant(&r.plan.id).is_some())
-            && (!r.cancel_acked() || s.revocations.contains_key(&r.plan.id))
-    })
-}
-
-/// Waits until the system is settled: the work queue and the delay tiers are empty, no
-/// worker holds a delivery, and the inventory has not changed for [`QUIET`] with every
-/// acknowledged effect applied (or for [`STUCK`] without: nothing is left that could
-/// apply it). Returns why it is not `Ok` when effects are missing or it never settled
-/// within [`DRAIN_WITHIN`]; the checks then name the orders.
-async fn drain(
-    broker: &PrivateBroker,
-    inventory: &InventoryHandle,
-    system: &System,
-    results: &[OrderResult],
-) -> Result<(), String> {
-    let deadline = Instant::now() + DRAIN_WITHIN;
-    let queues: Vec<String> = std::iter::once(WORK_QUEUE.to_owned())
-        .chain(RETRY_DELAYS.iter().map(|(_, d)| retry_queue_name(*d)))
-        .collect();
-    let mut quiet_since: Option<(Instant, u64)> = None;
-    loop {
-        let mut busy = Vec::new();
-        for q in &queues {
-            match broker.queue_len(q).await {
-                Ok(Some(0)) => {}
-                other => busy.push(format!("{q}: {other:?}")),
-            }
-        }
-        match system.in_flight().await {
-            Some(0.0) => {}
-            other => busy.push(format!("in flight in workers: {other:?}")),
-        }
-        let state = inventory.state();
-        let applied = all_applied(results, &state);
-        quiet_since = match quiet_since {
-            Some((since, v)) if busy.is_empty() && v == state.version => Some((since, v)),
-            _ if busy.is_empty() => Some((Instant::now(), state.version)),
-            _ => None,
-        };
-        if let Some((since, _)) = quiet_since {
-            if applied && since.elapsed() >= QUIET {
-                return Ok(());
-            }
-            if !applied && since.elapsed() >= STUCK {
-                return Err(format!(
-                    "settled for {STUCK:?} with acknowledged effects missing"
-                ));
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "not settled after {DRAIN_WITHIN:?}: every effect applied: {applied}, busy: {busy:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The whole DLQ, read without taking anything away (`worker dlq list`).
-async fn read_dlq(broker: &PrivateBroker) -> Vec<DeadLetter> {
-    let timeout = Duration::from_secs(30);
-    let conn = DlqConnection::open(&broker.amqp_url(), timeout)
-        .await
-        .expect("DLQ connection");
-    let listing = worker::dlq::list(&conn.channel, timeout, &ListOptions::default())
-        .await
-        .expect("listing the DLQ");
-    conn.close().await;
-    listing.messages
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +210,7 @@ async fn every_acknowledged_order_is_applied_exactly_once_through_broker_worker_
  {
     let cfg = Config::from_env();
     let t0 = Instant::now();
-    let logs = LogDir::create().unwrap();
+    let logs = LogDir::create("fault-suite").unwrap();
     let broker = PrivateBroker::start().await.expect("private broker node");
     let inventory = DemoInventory::start(
         InventoryConfig::default()
@@ -421,7 +222,18 @@ async fn every_acknowledged_order_is_applied_exactly_once_through_broker_worker_
     )
     .await
     .unwrap();
-    let mut system = System::start(&broker, &inventory.url(), &logs).await;
+    let services = Setup {
+        amqp_url: broker.amqp_url(),
+        inventory_url: inventory.url(),
+        secret: SECRET,
+        retry_delays: RETRY_DELAYS,
+        ingresses: 1,
+        workers: 2,
+        spread_nodes: false,
+    };
+    let mut system = System::start(&services, &logs)
+        .await
+        .expect("services start");
     let setup = t0.elapsed();
 
     let plans = plan::draw(cfg.orders, cfg.seed, new_run_id());
@@ -430,8 +242,8 @@ async fn every_acknowledged_order_is_applied_exactly_once_through_broker_worker_
         retry: true,
         time_scale: TIME_SCALE,
     };
-    let sender = Sender::new(&system.ingress_url, policy, CONCURRENCY, SEND_TIMEOUT).unwrap();
-    let ctx = Arc::new(SendCtx::new(sender, CONCURRENCY, SECRET));
+    let sender = Sender::new(&system.webhook_url(0), policy, CONCURRENCY, SEND_TIMEOUT).unwrap();
+    let ctx = Arc::new(SendCtx::new(vec![sender], CONCURRENCY, SECRET));
     let mut driver = FaultDriver {
         broker: &broker,
         inventory: &inventory,
@@ -442,7 +254,7 @@ async fn every_acknowledged_order_is_applied_exactly_once_through_broker_worker_
     };
     let sending = Instant::now();
     let (results, ()) = tokio::join!(
-        send_orders(ctx.clone(), plans, cfg.rate),
+        plan::send_orders(ctx.clone(), plans, cfg.rate, CancellationToken::new()),
         driver.run(&mut system)
     );
     let sending = sending.elapsed();
@@ -462,30 +274,26 @@ async fn every_acknowledged_order_is_applied_exactly_once_through_broker_worker_
     let events = driver.events;
 
     let draining = Instant::now();
-    let settled = drain(&broker, &inventory, &system, &results).await;
+    let queues = settle::busy_queues(RETRY_DELAYS);
+    let settled = settle::wait_settled(
+        &broker.amqp_url(),
+        &queues,
+        &inventory,
+        &system,
+        &results,
+        PATIENCE,
+    )
+    .await;
     let drain_time = draining.elapsed();
 
-    let state = inventory.state();
-    let dlq = read_dlq(&broker).await;
-    let unrouted = broker.queue_len(UNROUTED_QUEUE).await.ok().flatten();
-    let dlq_ready = broker.queue_len(DLQ).await.ok().flatten();
-    let mut findings = verdict::check(&results, &state, &dlq, unrouted);
-    if let Err(why) = settled {
-        findings.problems.push(format!("did not settle: {why}"));
-    }
-    if dlq_ready != Some(dlq.len() as u64) {
-        findings.problems.push(format!(
-            "DLQ listing read {} messages but the queue holds {dlq_ready:?}",
-            dlq.len()
-        ));
-    }
-    for s in std::iter::once(&mut system.ingress).chain(&mut system.workers) {
-        if let Some(status) = s.exited() {
-            findings
-                .problems
-                .push(format!("{} exited on its own: {status}", s.name));
-        }
-    }
+    let (state, dlq, findings) = settle::conclude(
+        &broker.amqp_url(),
+        &results,
+        &inventory,
+        &mut system,
+        settled,
+    )
+    .await;
     let timings = Timings {
         setup,
         sending,

@@ -128,32 +128,13 @@ async fn worker_reports_dlq_depth_and_survives_missing_queues_and_lost_connectio
 
 /// `x-message-ttl` of `queue` as `rabbitmqctl list_queues … arguments` shows it, if any.
 async fn queue_ttl_argument(vhost: &TestVhost, queue: &str) -> anyhow::Result<Option<u64>> {
-    let out = rabbitmqctl(&[
-        "list_queues",
-        "-p",
-        vhost.name(),
-        "name",
-        "arguments",
-        "--formatter",
-        "json",
-    ])
-    .await?;
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).context("list_queues JSON")?;
-    let row = rows
-        .iter()
-        .find(|r| r["name"] == queue)
-        .with_context(|| format!("{queue} not listed: {out}"))?;
-    // `arguments` is a list of [name, type, value] (3.10), or an object in other versions.
-    let args = &row["arguments"];
-    let ttl = match args {
-        serde_json::Value::Object(map) => map.get("x-message-ttl").and_then(|v| v.as_u64()),
-        serde_json::Value::Array(entries) => entries
-            .iter()
-            .find(|e| e[0] == "x-message-ttl")
-            .and_then(|e| e.as_array()?.last()?.as_u64()),
-        _ => None,
-    };
-    Ok(ttl)
+    let queues = vhost.queue_arguments().await?;
+    let args = queues
+        .get(queue)
+        .with_context(|| format!("{queue} not listed: {queues:?}"))?;
+    Ok(args
+        .get("x-message-ttl")
+        .and_then(serde_json::Value::as_u64))
 }
 
 /// Publishes a verified-looking webhook of a type nobody binds: it lands in the unrouted queue.

@@ -115,8 +115,7 @@ async fn subscribe(
     session: &Session,
     options: &ConsumeOptions,
 ) -> lapin::Result<(Channel, Consumer)> {
-    let channel = session.connection().create_channel().await?;
-    topology::declare(&channel, &options.topology).await?;
+    let channel = topology::declare_on(session.connection(), &options.topology).await?;
     channel
         .basic_qos(options.concurrency, BasicQosOptions::default())
         .await?;

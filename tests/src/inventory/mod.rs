@@ -170,6 +170,17 @@ impl InventoryHandle {
         self.store.snapshot()
     }
 
+    /// Reads the live state without copying it (a copy of a big run's state is costly to
+    /// take on every change), e.g. `inv.inspect(|s| s.grants.len())`.
+    pub fn inspect<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        self.store.inspect(f)
+    }
+
+    /// Tells of every change of the state (the value is [`Snapshot::version`]).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.subscribe()
+    }
+
     /// The faults in force.
     pub fn faults(&self) -> Faults {
         self.store.faults()

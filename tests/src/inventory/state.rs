@@ -247,6 +247,11 @@ impl Store {
         self.lock().snap.clone()
     }
 
+    /// Runs `f` on the live state, without copying it.
+    pub(crate) fn inspect<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        f(&self.lock().snap)
+    }
+
     pub(crate) fn version(&self) -> u64 {
         self.lock().snap.version
     }

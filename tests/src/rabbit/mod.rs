@@ -5,6 +5,8 @@
 //! * [`PrivateBroker`]: a whole RabbitMQ node of the test's own (own ports, own data dir),
 //!   for tests that stop or restart the broker without pulling the floor from under the
 //!   tests running beside them. Shut down and removed on drop, even when the test panics.
+//! * [`Cluster`]: three (or more) private nodes joined into one RabbitMQ cluster, with ways
+//!   to kill, restart and replace a node and to see where each queue's members and leader are.
 //! * [`TcpProxy`]: a TCP relay in front of a broker; `cut()` makes the broker "go away" for
 //!   whoever connects through it, in milliseconds and without touching the broker.
 //!
@@ -12,7 +14,7 @@
 //! scripts `su` to the `rabbitmq` user (HOME=/var/lib/rabbitmq), so the CLI and every node
 //! share `/var/lib/rabbitmq/.erlang.cookie`; root needs no cookie of its own.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::{Context, bail};
 use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
@@ -76,9 +78,15 @@ pub async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
 }
 
 async fn run_ctl(args: &[&str]) -> anyhow::Result<String> {
+    run_cli("rabbitmqctl", args).await
+}
+
+/// Runs one of RabbitMQ's CLI tools (`rabbitmqctl`, `rabbitmq-queues`, …) quietly and
+/// returns its stdout; stderr goes into the error.
+async fn run_cli(tool: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = tokio::time::timeout(
         CTL_TIMEOUT,
-        tokio::process::Command::new("rabbitmqctl")
+        tokio::process::Command::new(tool)
             .arg("-q")
             .args(args)
             .stdin(Stdio::null())
@@ -86,11 +94,11 @@ async fn run_ctl(args: &[&str]) -> anyhow::Result<String> {
             .output(),
     )
     .await
-    .with_context(|| format!("rabbitmqctl {args:?} took over {CTL_TIMEOUT:?}"))?
-    .with_context(|| format!("cannot run rabbitmqctl {args:?} (is rabbitmq-server installed?)"))?;
+    .with_context(|| format!("{tool} {args:?} took over {CTL_TIMEOUT:?}"))?
+    .with_context(|| format!("cannot run {tool} {args:?} (is rabbitmq-server installed?)"))?;
     if !out.status.success() {
         bail!(
-            "rabbitmqctl {args:?} failed ({}): {}{}",
+            "{tool} {args:?} failed ({}): {}{}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim(),
             String::from_utf8_lossy(&out.stdout).trim()
@@ -143,10 +151,39 @@ pub async fn wait_queue_len_at(
     .await
 }
 
+/// The arguments of each queue (name → argument → value), read from the output of
+/// `rabbitmqctl list_queues name arguments --formatter json`.
+pub type QueueArguments = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
+
+/// Parses `rabbitmqctl list_queues name arguments --formatter json`: `arguments` is a list
+/// of `[name, type, value]` on 3.10 and an object on later versions.
+pub fn parse_queue_arguments(json: &str) -> anyhow::Result<QueueArguments> {
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(json).with_context(|| format!("list_queues printed {json}"))?;
+    let mut queues = QueueArguments::new();
+    for row in rows {
+        let name = row["name"].as_str().context("a queue without a name")?;
+        let args = match &row["arguments"] {
+            serde_json::Value::Object(map) => map.clone().into_iter().collect(),
+            serde_json::Value::Array(entries) => entries
+                .iter()
+                .filter_map(|e| Some((e[0].as_str()?.to_owned(), e.as_array()?.last()?.clone())))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        queues.insert(name.to_owned(), args);
+    }
+    Ok(queues)
+}
+
+mod cluster;
 mod private_broker;
 mod proxy;
+mod replicas;
 mod vhost;
 
+pub use cluster::Cluster;
 pub use private_broker::{PrivateBroker, TlsFiles, pick_free_port};
 pub use proxy::TcpProxy;
+pub use replicas::QueueReplicas;
 pub use vhost::TestVhost;

@@ -149,9 +149,16 @@ impl PrivateBroker {
     /// empty, confirmed messages and all (seen here). Production queues are older than
     /// that, so a crash test wants the synced state; classic queues survive either way.
     pub async fn kill_node(&self) -> anyhow::Result<()> {
-        self.ctl(&["eval", "lists:foreach(fun dets:sync/1, dets:all())."])
-            .await?;
+        self.sync_dets().await?;
         self.kill_node_unsynced().await
+    }
+
+    /// Writes the node's DETS tables to disk (the step [`kill_node`](Self::kill_node) takes
+    /// before its SIGKILL).
+    pub async fn sync_dets(&self) -> anyhow::Result<()> {
+        self.ctl(&["eval", "lists:foreach(fun dets:sync/1, dets:all())."])
+            .await
+            .map(drop)
     }
 
     /// SIGKILL without syncing DETS first (see [`kill_node`](Self::kill_node)).

@@ -111,6 +111,21 @@ impl TestVhost {
         Ok(None)
     }
 
+    /// Every queue's declaration arguments (`rabbitmqctl list_queues name arguments`).
+    pub async fn queue_arguments(&self) -> anyhow::Result<QueueArguments> {
+        let out = rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            &self.name,
+            "name",
+            "arguments",
+            "--formatter",
+            "json",
+        ])
+        .await?;
+        parse_queue_arguments(&out)
+    }
+
     /// `rabbitmqctl set_policy -p <vhost> <name> <pattern> <definition-json>` (applies to
     /// queues and exchanges), e.g. `set_policy("full", "^q$", r#"{"max-length":0}"#)`.
     pub async fn set_policy(

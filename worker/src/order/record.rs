@@ -77,8 +77,7 @@ impl Recorder {
             return;
         };
         let declared = tokio::time::timeout(timeout, async {
-            let channel = session.connection().create_channel().await?;
-            topology::declare(&channel, &self.topology).await?;
+            let channel = topology::declare_on(session.connection(), &self.topology).await?;
             channel.close(200, "topology declared".into()).await
         })
         .await;

@@ -7,8 +7,9 @@ use std::{
     time::Duration,
 };
 
-use tests::{inventory::Snapshot, sim::Answer};
 use worker::dlq::DeadLetter;
+
+use crate::{inventory::Snapshot, sim::Answer};
 
 use super::plan::{Cancel, Dup, OrderResult};
 

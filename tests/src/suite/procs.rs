@@ -14,18 +14,23 @@ use tokio::process::{Child, Command};
 /// loaded 2-core machine, connecting to a broker that may itself be booting.
 const READY_WITHIN: Duration = Duration::from_secs(45);
 
-/// Where the children's logs go: `$TMPDIR/xb-fault-suite-<pid>/`. Removed when the suite
+/// Where the children's logs go: `$TMPDIR/xb-<suite>-<pid>/`. Removed when the suite
 /// passes (unless `FAULT_SUITE_KEEP_LOGS` is set), kept and named when it fails.
 pub struct LogDir {
+    suite: String,
     path: PathBuf,
 }
 
 impl LogDir {
-    pub fn create() -> anyhow::Result<LogDir> {
-        let path = std::env::temp_dir().join(format!("xb-fault-suite-{}", std::process::id()));
+    /// `suite` names the directory and the message that keeps it (`fault-suite`, …).
+    pub fn create(suite: &str) -> anyhow::Result<LogDir> {
+        let path = std::env::temp_dir().join(format!("xb-{suite}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(LogDir { path })
+        Ok(LogDir {
+            suite: suite.to_owned(),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -37,7 +42,8 @@ impl Drop for LogDir {
     fn drop(&mut self) {
         if std::thread::panicking() || std::env::var_os("FAULT_SUITE_KEEP_LOGS").is_some() {
             eprintln!(
-                "fault suite: child process logs kept in {}",
+                "{}: child process logs kept in {}",
+                self.suite,
                 self.path.display()
             );
         } else {

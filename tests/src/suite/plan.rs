@@ -3,11 +3,20 @@
 //! sends: re-sent on 5xx or no answer on the (time-scaled) schedule, stopped on 2xx or a
 //! no-retry 4xx.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use tests::sim::{Delivery, Ids, Kind, Mode, Overrides, Sender, Template};
-use tokio::{sync::Semaphore, sync::watch, time::Instant};
+use tokio::{sync::Semaphore, sync::watch, task::JoinSet, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::sim::{Delivery, Ids, Kind, Mode, Overrides, Sender, Template};
 
 /// SKU of every order that must be granted.
 pub const GOOD_SKU: &str = "fault-suite-gem";
@@ -40,6 +49,8 @@ pub enum Dup {
 
 #[derive(Debug, Clone)]
 pub struct OrderPlan {
+    /// Position in the run (0 = first started); picks the ingress the order is sent to.
+    pub seq: usize,
     pub id: String,
     pub mode: Mode,
     pub rejected: bool,
@@ -79,6 +90,7 @@ pub fn draw(n: usize, seed: u64, run_id: u64) -> Vec<OrderPlan> {
             let rejected = i % rejected_every == rejected_every / 2;
             if rejected {
                 return OrderPlan {
+                    seq: i,
                     id,
                     mode,
                     rejected,
@@ -114,6 +126,7 @@ pub fn draw(n: usize, seed: u64, run_id: u64) -> Vec<OrderPlan> {
                 dup(&mut rng, 0.1)
             };
             OrderPlan {
+                seq: i,
                 id,
                 mode,
                 rejected,
@@ -150,20 +163,46 @@ impl OrderResult {
     }
 }
 
+/// One answer an ingress gave, on the suite's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    /// Which delivery (webhook send loop) it belongs to, numbered as they start.
+    pub delivery: u64,
+    /// Index of the ingress (of the senders given to [`SendCtx::new`]).
+    pub ingress: usize,
+    /// When the answer (or the lack of one) came.
+    pub at: Instant,
+    /// The HTTP status; `None` for no answer (refused, reset, timed out).
+    pub status: Option<u16>,
+}
+
+impl Answered {
+    /// Xsolla counts the webhook as delivered.
+    pub fn is_success(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
 /// Everything an order's task needs to send.
 pub struct SendCtx {
-    pub sender: Sender,
+    /// One per ingress; order `seq` goes to `senders[seq % len]` (a load balancer's
+    /// stickiness: Xsolla's re-sends of a webhook reach the same ingress).
+    pub senders: Vec<Sender>,
     /// Requests in flight at most (waits between retries hold no slot).
     pub slots: Semaphore,
     pub secret: String,
     /// Webhooks acknowledged so far; the fault schedule waits on it.
     pub acks: watch::Sender<u64>,
+    /// Every answer of every finished delivery (in the order the deliveries finished).
+    answers: Mutex<Vec<Answered>>,
+    deliveries: AtomicU64,
     /// By (kind, combined mode, rejected SKU); `Mode` is not `Hash`.
     templates: HashMap<(Kind, bool, bool), Template>,
 }
 
 impl SendCtx {
-    pub fn new(sender: Sender, concurrency: usize, secret: &str) -> SendCtx {
+    pub fn new(senders: Vec<Sender>, concurrency: usize, secret: &str) -> SendCtx {
+        assert!(!senders.is_empty(), "at least one ingress to send to");
         let mut templates = HashMap::new();
         for kind in [Kind::OrderPaid, Kind::OrderCanceled] {
             for mode in [Mode::Combined, Mode::Separate] {
@@ -181,24 +220,49 @@ impl SendCtx {
             }
         }
         SendCtx {
-            sender,
+            senders,
             slots: Semaphore::new(concurrency),
             secret: secret.to_owned(),
             acks: watch::Sender::new(0),
+            answers: Mutex::new(Vec::new()),
+            deliveries: AtomicU64::new(0),
             templates,
         }
+    }
+
+    /// Every answer so far, oldest first.
+    pub fn answers(&self) -> Vec<Answered> {
+        let mut all = self
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        all.sort_by_key(|a| a.at);
+        all
     }
 
     async fn deliver(&self, plan: &OrderPlan, kind: Kind) -> Delivery {
         let template = &self.templates[&(kind, plan.mode == Mode::Combined, plan.rejected)];
         let webhook = template.signed(&plan.id, &self.secret);
-        let delivery = self
-            .sender
-            .deliver_from(&webhook, Instant::now(), Some(&self.slots))
+        let ingress = plan.seq % self.senders.len();
+        let id = self.deliveries.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let delivery = self.senders[ingress]
+            .deliver_from(&webhook, started, Some(&self.slots))
             .await;
         if delivery.acknowledged() {
             self.acks.send_modify(|n| *n += 1);
         }
+        let answered = delivery.attempts.iter().map(|a| Answered {
+            delivery: id,
+            ingress,
+            at: started + a.at + a.took,
+            status: a.answer.status(),
+        });
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(answered);
         delivery
     }
 
@@ -247,4 +311,31 @@ impl SendCtx {
             canceled,
         }
     }
+}
+
+/// Starts the orders at `rate` per second (open loop, as payments happen) until all are
+/// started or `stop` is cancelled (the rest are never sent), and collects what became of
+/// each started one, by id.
+pub async fn send_orders(
+    ctx: Arc<SendCtx>,
+    plans: Vec<OrderPlan>,
+    rate: f64,
+    stop: CancellationToken,
+) -> Vec<OrderResult> {
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (i, plan) in plans.into_iter().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        tasks.spawn(ctx.clone().run_order(plan));
+    }
+    let mut results = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        results.push(done.expect("order task"));
+    }
+    results.sort_by(|a, b| a.plan.id.cmp(&b.plan.id));
+    results
 }
