@@ -127,6 +127,9 @@ async fn republish(
     let routing_key = letter.routing_key.as_deref().unwrap_or_default();
     pace.wait().await;
     let properties = letter.replay_properties(&now_rfc3339());
+    // The event first: once the copy is on the work exchange a worker may grant it at once,
+    // and its `granted` must follow `replayed` in the order's timeline.
+    publish_replayed(channel, letter, timeout).await?;
     publish_confirmed(
         channel,
         topology::EXCHANGE,
@@ -140,14 +143,14 @@ async fn republish(
         id: letter.id.clone(),
         source,
     })?;
-    publish_replayed(channel, letter, timeout).await?;
     pass.ack(taken.delivery_tag).await
 }
 
-/// The order's `replayed` event, confirmed before the message leaves the DLQ (after its
-/// republish: the timeline never says "replayed" of a message still only in the DLQ). If
-/// it fails the message stays in the DLQ, and the copy already on the work exchange is a
-/// harmless duplicate. Messages that name no order have no timeline, so no event.
+/// The order's `replayed` event, confirmed before the copy is republished and so before
+/// any event of the worker about that copy (a fast worker grants it before a later publish
+/// would land). If it fails, nothing is republished and the message stays in the DLQ; if the
+/// republish then fails, the timeline shows a `replayed` the command reported as failed,
+/// and the next replay adds another. Messages that name no order have no timeline.
 async fn publish_replayed(
     channel: &Channel,
     letter: &DeadLetter,
