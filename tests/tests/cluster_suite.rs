@@ -22,12 +22,12 @@ use std::{sync::Arc, time::Duration};
 
 use scenarios::Driver;
 use tests::{
-    inventory::{DemoInventory, Faults, InventoryConfig},
+    inventory::DemoInventory,
     rabbit::{Cluster, QueueReplicas},
     sim::{Policy, Sender, new_run_id},
     suite::{
         outage,
-        plan::{self, REJECTED_SKU, SendCtx},
+        plan::{self, SendCtx},
         procs::LogDir,
         settle::{self, Patience},
         system::{Setup, System},
@@ -95,16 +95,9 @@ async fn losing_any_one_of_three_nodes_loses_no_acknowledged_webhook_and_grants_
     let t0 = Instant::now();
     let logs = LogDir::create("cluster-suite").unwrap();
     let cluster = Cluster::start(3).await.expect("a three-node cluster");
-    let inventory = DemoInventory::start(
-        InventoryConfig::default()
-            .with_seed(cfg.seed)
-            .with_faults(Faults {
-                rejected_skus: [REJECTED_SKU.to_owned()].into(),
-                ..Faults::none()
-            }),
-    )
-    .await
-    .unwrap();
+    let inventory = DemoInventory::start(plan::inventory_config(cfg.seed))
+        .await
+        .unwrap();
     let services = Setup {
         amqp_url: cluster.amqp_url(),
         inventory_url: inventory.url(),

@@ -15,11 +15,11 @@
 use std::{sync::Arc, time::Duration};
 
 use tests::{
-    inventory::{DemoInventory, Faults, InventoryConfig, InventoryHandle},
+    inventory::{DemoInventory, Faults, InventoryHandle},
     rabbit::PrivateBroker,
     sim::{Policy, Sender, new_run_id},
     suite::{
-        plan::{self, REJECTED_SKU, SendCtx},
+        plan::{self, SendCtx},
         procs::{LogDir, Service},
         settle::{self, Patience},
         system::{self, Setup, System},
@@ -212,16 +212,9 @@ async fn every_acknowledged_order_is_applied_exactly_once_through_broker_worker_
     let t0 = Instant::now();
     let logs = LogDir::create("fault-suite").unwrap();
     let broker = PrivateBroker::start().await.expect("private broker node");
-    let inventory = DemoInventory::start(
-        InventoryConfig::default()
-            .with_seed(cfg.seed)
-            .with_faults(Faults {
-                rejected_skus: [REJECTED_SKU.to_owned()].into(),
-                ..Faults::none()
-            }),
-    )
-    .await
-    .unwrap();
+    let inventory = DemoInventory::start(plan::inventory_config(cfg.seed))
+        .await
+        .unwrap();
     let services = Setup {
         amqp_url: broker.amqp_url(),
         inventory_url: inventory.url(),

@@ -23,6 +23,17 @@ pub const GOOD_SKU: &str = "fault-suite-gem";
 /// SKU the inventory refuses with 422: those orders must end in the DLQ, and only they.
 pub const REJECTED_SKU: &str = "fault-suite-banned";
 
+/// The demo inventory's configuration in both suites: `seed` for its drawn faults, and
+/// [`REJECTED_SKU`] always refused (the orders meant to end in the DLQ).
+pub fn inventory_config(seed: u64) -> crate::inventory::InventoryConfig {
+    crate::inventory::InventoryConfig::default()
+        .with_seed(seed)
+        .with_faults(crate::inventory::Faults {
+            rejected_skus: [REJECTED_SKU.to_owned()].into(),
+            ..crate::inventory::Faults::none()
+        })
+}
+
 /// When an order's `order_canceled` is sent, relative to its `order_paid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancel {

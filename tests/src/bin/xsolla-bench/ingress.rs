@@ -160,7 +160,6 @@ impl IngressBench {
         let (relay, relay_cpu) = phase.relay(&self.relay_bin).await?;
         vhost::purge(url, WORK_QUEUE).await?;
 
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         Ok(IngressResult {
             concurrency,
             duration_s: duration.as_secs_f64(),
@@ -328,4 +327,9 @@ impl ConfirmTotals {
             0.0
         }
     }
+}
+
+/// `a / b`, or 0 when there is no `b` to divide by (a phase that measured nothing).
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tests::sim::{Kind, Overrides, Template, lean, vhost};
 
 use crate::{
-    ingress::{Phase, SECRET},
+    ingress::{Phase, SECRET, ratio},
     proc::{CpuPerItem, amqp_port, listener_pid, sibling_binary, start_ingress},
     worker::median,
 };
@@ -214,10 +214,6 @@ impl IngressAb {
             cpu,
         })
     }
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { a / b } else { 0.0 }
 }
 
 /// The rounds and the medians as markdown.
