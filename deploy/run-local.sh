@@ -131,7 +131,9 @@ start() {
 wait_http() {
 	local name="$1" url="$2" deadline=$((SECONDS + 30))
 	until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
-		if ! ours "$RUN/$name.pid"; then
+		# Alive, not `ours`: right after `start` the child may still be the forked shell,
+		# not yet exec'd into the binary (seen under load), and fail the cmdline check.
+		if ! kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
 			tail -n 20 "$RUN/$name.log" >&2 || true
 			die "$name exited during start-up (log above: $RUN/$name.log)"
 		fi
