@@ -75,6 +75,7 @@ fn app(allowlist: &str, failing: bool) -> Arc<App<StandIn>> {
         },
         retry_after: 5,
         default_project: Some(42),
+        meters: Default::default(),
     })
 }
 

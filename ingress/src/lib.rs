@@ -6,6 +6,7 @@ pub mod allowlist;
 pub mod config;
 pub mod error;
 pub mod log_limit;
+pub mod meters;
 pub mod publisher;
 mod read_timeouts;
 pub mod redact;
@@ -117,6 +118,7 @@ pub async fn run_listening(
         publisher,
         retry_after: args.retry_after_secs,
         default_project: args.project_id,
+        meters: Default::default(),
     });
     let metrics_stop = CancellationToken::new();
     let (router, metrics_server) = match metrics_listener {

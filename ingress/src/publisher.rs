@@ -3,11 +3,12 @@
 
 use std::{
     future::Future,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use lapin::BasicProperties;
+use metrics::{Gauge, Histogram};
 use shared::{
     amqp::Link,
     publish::{PublishError, publish_confirmed},
@@ -63,6 +64,15 @@ pub struct Publisher {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     timeout: Duration,
+    meters: Arc<PublishMeters>,
+}
+
+/// The hot handles, looked up once (see [`crate::meters`]): the in-flight gauge (set twice
+/// per webhook) and the confirm time of an acked publish.
+#[derive(Default)]
+struct PublishMeters {
+    in_flight: OnceLock<Gauge>,
+    acked: OnceLock<Histogram>,
 }
 
 impl Publisher {
@@ -72,6 +82,7 @@ impl Publisher {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             timeout,
+            meters: Arc::default(),
         }
     }
 
@@ -116,12 +127,18 @@ impl Publisher {
             self.timeout,
         )
         .await;
-        let label = match &result {
-            Ok(()) => "ack",
-            Err(e) => e.kind(),
-        };
-        metrics::histogram!("ingress_publish_confirm_seconds", "result" => label)
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(()) => self
+                .meters
+                .acked
+                .get_or_init(
+                    || metrics::histogram!("ingress_publish_confirm_seconds", "result" => "ack"),
+                )
+                .record(took),
+            Err(e) => metrics::histogram!("ingress_publish_confirm_seconds", "result" => e.kind())
+                .record(took),
+        }
         if matches!(
             result,
             Err(PublishError::Amqp(_) | PublishError::Timeout(_))
@@ -133,6 +150,9 @@ impl Publisher {
 
     fn report_in_flight(&self) {
         let in_flight = self.max_in_flight - self.permits.available_permits();
-        metrics::gauge!("ingress_publishes_in_flight").set(in_flight as f64);
+        self.meters
+            .in_flight
+            .get_or_init(|| metrics::gauge!("ingress_publishes_in_flight"))
+            .set(in_flight as f64);
     }
 }

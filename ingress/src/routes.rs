@@ -12,10 +12,11 @@ use axum::{
 };
 use serde_json::{Value, json};
 use shared::envelope;
-use tracing::{Instrument as _, field::Empty};
+use tracing::field::display;
 
 use crate::{
     error::{self, ApiError},
+    meters::RequestMeters,
     publisher::{Publish, Publisher},
     user_check::{Lookup, UserCheck},
     verify::{VerifiedWebhook, Verifier},
@@ -31,6 +32,7 @@ pub struct App<P = Publisher> {
     pub retry_after: u32,
     /// `XSOLLA_PROJECT_ID`: the project when neither the route nor the body names one.
     pub default_project: Option<u64>,
+    pub meters: RequestMeters,
 }
 
 /// `POST /webhooks/xsolla` and `POST /webhooks/xsolla/{project_id}`.
@@ -57,10 +59,11 @@ async fn one_of_projects<P: Publish>(
     handle(&app, project, request).await
 }
 
-/// One webhook, in its `webhook` span: the client's IP, and for a refused body the order id
-/// it claims (`claimed_order_id`, unverified). A verified webhook's ids are fields of its
-/// answer's line rather than recorded on the span: recording seven fields on a span per
-/// webhook cost ~4 µs of CPU (a tenth of the ingress's; BENCHMARKS.md) for one line.
+/// One webhook, answered and logged in one line with the client's IP, and for a refused
+/// body the order id it claims (`claimed_order_id`, unverified), or a verified webhook's
+/// ids. No span per webhook: nothing else is logged on its way (the one WARN inside names
+/// its route), and a span cost ~4 µs of CPU per webhook (a tenth of the ingress's;
+/// BENCHMARKS.md).
 async fn handle<P: Publish>(
     app: &App<P>,
     project: Result<Option<u64>, ApiError>,
@@ -68,65 +71,67 @@ async fn handle<P: Publish>(
 ) -> Response {
     let started = Instant::now();
     let client = app.verifier.client_ip(&request);
-    async {
-        let verified = match project {
-            Ok(project) => app.verifier.verify(project, client, request).await,
-            Err(e) => Err(e),
-        };
-        let webhook = match verified {
-            Ok(webhook) => webhook,
-            Err(e) => return finish(None, started, Err(e)),
-        };
-        let result = match webhook.summary.notification_type.as_str() {
-            "user_validation" => validate_user(app, &webhook).await,
-            "user_search" if app.user_search => search_user(app, &webhook).await,
-            _ => publish(app, &webhook)
-                .await
-                .map(|()| StatusCode::NO_CONTENT.into_response()),
-        };
-        finish(Some(&webhook), started, result)
-    }
-    .instrument(webhook_span(client))
-    .await
+    let verified = match project {
+        Ok(project) => app.verifier.verify(project, client, request).await,
+        Err(e) => Err(e.into()),
+    };
+    let webhook = match verified {
+        Ok(webhook) => webhook,
+        Err(refusal) => {
+            let answered = Answered::Refused(refusal.claimed_order_id.as_deref());
+            return finish(app, client, answered, started, Err(refusal.error));
+        }
+    };
+    let result = match webhook.summary.notification_type.as_str() {
+        "user_validation" => validate_user(app, &webhook).await,
+        "user_search" if app.user_search => search_user(app, &webhook).await,
+        _ => publish(app, &webhook)
+            .await
+            .map(|()| StatusCode::NO_CONTENT.into_response()),
+    };
+    finish(app, client, Answered::Verified(&webhook), started, result)
 }
 
-/// The span of one webhook; `claimed_order_id` is recorded on a refusal only.
-fn webhook_span(client: Option<IpAddr>) -> tracing::Span {
-    tracing::info_span!(
-        "webhook",
-        client_ip = client.map(display),
-        claimed_order_id = Empty,
-    )
+/// What the answer's line can say about the webhook.
+enum Answered<'a> {
+    Verified(&'a VerifiedWebhook),
+    /// Not verified: only the order id its body claims, if it was read and looks like one.
+    Refused(Option<&'a str>),
 }
 
 /// Records the metrics and the log line (with the webhook's ids once verified), then turns
 /// the result into the answer.
-fn finish(
-    webhook: Option<&VerifiedWebhook>,
+fn finish<P>(
+    app: &App<P>,
+    client: Option<IpAddr>,
+    answered: Answered<'_>,
     started: Instant,
     result: Result<Response, ApiError>,
 ) -> Response {
+    let (webhook, claimed_order_id) = match answered {
+        Answered::Verified(webhook) => (Some(webhook), None),
+        Answered::Refused(claim) => (None, claim),
+    };
     let summary = webhook.map(|w| &w.summary);
-    let kind = summary.map_or("-", |s| s.notification_type.as_str());
     let (status, outcome) = match &result {
         Ok(r) => (r.status(), "accepted"),
         Err(e) => (e.status(), e.outcome()),
     };
-    metrics::counter!("ingress_requests_total", "type" => type_label(kind), "outcome" => outcome)
-        .increment(1);
     let elapsed = started.elapsed().as_secs_f64();
-    metrics::histogram!("ingress_request_duration_seconds", "outcome" => outcome).record(elapsed);
-    let elapsed_ms = (elapsed * 1_000_000.0).round() / 1000.0;
     let notification_type = summary.map(|s| s.notification_type.as_str());
+    app.meters.record(notification_type, outcome, elapsed);
+    let elapsed_ms = (elapsed * 1_000_000.0).round() / 1000.0;
     let order_id = summary.and_then(|s| s.order_id.as_deref());
     let transaction_id = summary.and_then(|s| s.transaction_id.as_deref());
     let user_id = summary.and_then(|s| s.user_id.as_deref());
     let message_id = summary.map(|s| s.dedup_id.as_str());
     let traceparent = webhook.map(|w| w.traceparent.as_str());
+    let client_ip = client.map(display);
     let status = status.as_u16();
     match result {
         Ok(response) => {
             tracing::info!(
+                client_ip,
                 notification_type,
                 order_id,
                 transaction_id,
@@ -142,46 +147,13 @@ fn finish(
         }
         Err(error) if error.is_server_error() => {
             let request_id = error::new_request_id();
-            tracing::warn!(notification_type, order_id, transaction_id, user_id, message_id, traceparent, status, outcome, %request_id, %error, elapsed_ms, "webhook not accepted; Xsolla will re-send");
+            tracing::warn!(client_ip, notification_type, order_id, transaction_id, user_id, message_id, traceparent, status, outcome, %request_id, %error, elapsed_ms, "webhook not accepted; Xsolla will re-send");
             error.into_answer(&request_id)
         }
         Err(error) => {
-            tracing::warn!(notification_type, order_id, transaction_id, user_id, message_id, traceparent, status, outcome, %error, elapsed_ms, "webhook refused");
+            tracing::warn!(client_ip, claimed_order_id, notification_type, order_id, transaction_id, user_id, message_id, traceparent, status, outcome, %error, elapsed_ms, "webhook refused");
             error.into_answer("-")
         }
-    }
-}
-
-/// Keeps the metrics label set bounded: Xsolla's documented types, else `other`.
-fn type_label(kind: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "user_validation",
-        "user_search",
-        "payment",
-        "refund",
-        "partial_refund",
-        "user_balance_operation",
-        "create_subscription",
-        "cancel_subscription",
-        "update_subscription",
-        "order_paid",
-        "order_canceled",
-        "payment_account_add",
-        "payment_account_remove",
-        "partner_side_catalog",
-        "redeem_key",
-        "get_pincode",
-        "afs_reject",
-        "afs_black_list",
-        "non_renewal_subscription",
-    ];
-    match kind {
-        "-" => "unverified",
-        k => KNOWN
-            .iter()
-            .find(|known| **known == k)
-            .copied()
-            .unwrap_or("other"),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    sync::OnceLock,
     time::Duration,
 };
 
@@ -13,6 +14,7 @@ use axum::{
     http::header::{AUTHORIZATION, CONTENT_LENGTH},
 };
 use ipnet::IpNet;
+use metrics::Counter;
 use shared::{envelope, signature, webhook};
 
 use crate::{
@@ -36,6 +38,24 @@ pub struct VerifiedWebhook {
     pub traceparent: String,
 }
 
+/// A webhook not accepted: the answer to send and, for a body that was read, the order id
+/// it claims (unverified, and only if it looks like an id: [`webhook::claimed_order_id`]),
+/// for the line that refuses it.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: ApiError,
+    pub claimed_order_id: Option<String>,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Refusal {
+        Refusal {
+            error,
+            claimed_order_id: None,
+        }
+    }
+}
+
 /// What verifying a webhook needs, and nothing else: the routes' secrets, the allowlist
 /// and the proxies believed, and the body limit.
 #[derive(Debug)]
@@ -46,6 +66,8 @@ pub struct Verifier {
     pub max_body_bytes: usize,
     /// Limits the WARN about webhooks to routes without secrets (any client can cause it).
     pub unconfigured_route_log: LogLimit<Option<u64>>,
+    /// `ingress_signature_matches_total` per slot, looked up once ([`crate::meters`]).
+    signature_matches: [OnceLock<Counter>; SLOTS],
 }
 
 impl Verifier {
@@ -61,19 +83,18 @@ impl Verifier {
             trusted_proxies,
             max_body_bytes,
             unconfigured_route_log: LogLimit::new(Duration::from_secs(60)),
+            signature_matches: Default::default(),
         }
     }
 
     /// Checks IP, size, signature and shape; any failure is the answer to send. `client` is
-    /// [`Self::client_ip`] of the request. A refusal of a body that was read records the
-    /// order id it claims as `claimed_order_id` on the current span (the `webhook` span of
-    /// the routes), for the log line that refuses it.
+    /// [`Self::client_ip`] of the request.
     pub async fn verify(
         &self,
         project_id: Option<u64>,
         client: Option<IpAddr>,
         request: Request,
-    ) -> Result<VerifiedWebhook, ApiError> {
+    ) -> Result<VerifiedWebhook, Refusal> {
         let (parts, body) = request.into_parts();
         self.check_client(client)?;
         let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
@@ -87,7 +108,10 @@ impl Verifier {
         }
         let slot =
             signature::verify(header, &body, secrets).map_err(|e| refused(&body, e.into()))?;
-        metrics::counter!("ingress_signature_matches_total", "slot" => slot_label(slot))
+        self.signature_matches[slot.min(SLOTS - 1)]
+            .get_or_init(
+                || metrics::counter!("ingress_signature_matches_total", "slot" => slot_label(slot)),
+            )
             .increment(1);
         let summary = webhook::summarize(&body)
             .map_err(|e| refused(&body, ApiError::InvalidParameter(e.to_string())))?;
@@ -160,13 +184,12 @@ impl Verifier {
     }
 }
 
-/// `error`, after noting on the current span the order id that the refused body claims
-/// (read only on this path, and only if it looks like an id: [`webhook::claimed_order_id`]).
-fn refused(body: &[u8], error: ApiError) -> ApiError {
-    if let Some(id) = webhook::claimed_order_id(body) {
-        tracing::Span::current().record("claimed_order_id", id.as_str());
+/// `error`, with the order id that the refused body claims (read only on this path).
+fn refused(body: &[u8], error: ApiError) -> Refusal {
+    Refusal {
+        error,
+        claimed_order_id: webhook::claimed_order_id(body),
     }
-    error
 }
 
 /// Reads the whole body, refusing (never truncating) one over `limit`; a declared
@@ -194,6 +217,9 @@ async fn read_body(
         }
     })
 }
+
+/// Distinct `slot` labels.
+const SLOTS: usize = 5;
 
 /// The `slot` label: the secret's position, bounded (a list longer than a rotation needs
 /// shares one label beyond the fourth).

@@ -44,9 +44,33 @@ impl Session {
         name: &str,
         topology: &Topology,
     ) -> lapin::Result<Session> {
+        Session::open_with(brokers, name, topology, false).await
+    }
+
+    /// [`Session::open_on`] for a process whose earlier session declared the topology:
+    /// only checks that it is still there ([`topology::check_on`]), and declares it again
+    /// if a part is missing (a vhost deleted and made again, say).
+    pub async fn reopen_on(
+        brokers: &Brokers,
+        name: &str,
+        topology: &Topology,
+    ) -> lapin::Result<Session> {
+        Session::open_with(brokers, name, topology, true).await
+    }
+
+    async fn open_with(
+        brokers: &Brokers,
+        name: &str,
+        topology: &Topology,
+        declared_before: bool,
+    ) -> lapin::Result<Session> {
         let (connection, node) = brokers.connect(name).await?;
         let ready = async {
-            let channel = topology::declare_on(&connection, topology).await?;
+            let channel = if declared_before {
+                topology::ensure_on(&connection, topology).await?
+            } else {
+                topology::declare_on(&connection, topology).await?
+            };
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
@@ -183,6 +207,16 @@ impl Link {
         self.suspect.notify_one();
     }
 
+    /// Resolves once `session` is no longer the link's current one (the supervisor gave
+    /// it up: lost, or its node stopped answering) or the supervisor ended. A consumer
+    /// selects on it: a silent node never ends its consumer stream by itself.
+    pub async fn replaced(&self, session: &Arc<Session>) {
+        let mut rx = self.current.clone();
+        let _ = rx
+            .wait_for(|s| !s.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)))
+            .await;
+    }
+
     /// Waits until a session is up, or `timeout` passes.
     pub async fn wait_ready(&self, timeout: Duration) -> Option<Arc<Session>> {
         let mut rx = self.current.clone();
@@ -216,6 +250,13 @@ pub fn reconnect_backoff() -> impl Iterator<Item = Duration> + Send {
 /// `/readyz` can lag behind.
 const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(250);
 
+/// How often a supervisor asks its node for an answer (a channel opened and closed) when
+/// nothing made it suspicious sooner. A node that stops answering without closing anything
+/// (a frozen VM, a partition) keeps its TCP connection open: lapin notices only after two
+/// missed heartbeats (a minute with the broker's `heartbeat = 30`), and until then every
+/// publish times out and a consumer waits for deliveries that never come.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
 /// Keeps a [`Session`] open until `shutdown`; returns its [`Link`] and the task.
 /// `brokers` is a [`Brokers`] or a URL (list) taken as is (`String`, `&str`).
 pub fn supervise(
@@ -241,9 +282,16 @@ pub fn supervise(
     };
     let task = tokio::spawn(async move {
         let mut backoff = reconnect_backoff();
+        let mut declared = false;
         while !shutdown.is_cancelled() {
-            match Session::open_on(&brokers, &name, &topology).await {
+            let opened = if declared {
+                Session::reopen_on(&brokers, &name, &topology).await
+            } else {
+                Session::open_on(&brokers, &name, &topology).await
+            };
+            match opened {
                 Ok(session) => {
+                    declared = true;
                     let node = session.node().to_owned();
                     tracing::info!(%node, "connected to RabbitMQ, topology declared");
                     metrics::gauge!("amqp_connected").set(1.0);
@@ -251,14 +299,23 @@ pub fn supervise(
                     backoff = reconnect_backoff();
                     let session = Arc::new(session);
                     tx.send_replace(Some(session.clone()));
-                    watch_health(&session, &suspect, &shutdown).await;
+                    let probe_within = brokers.connect_timeout();
+                    watch_health(&session, &suspect, &shutdown, probe_within).await;
                     tx.send_replace(None);
                     metrics::gauge!("amqp_connected").set(0.0);
                     metrics::gauge!("amqp_node", "node" => node.clone()).set(0.0);
-                    session.close().await;
-                    if !shutdown.is_cancelled() {
+                    // A silent node never answers the close: bounded, and after a loss not
+                    // waited for (the next node is tried at once).
+                    let index = session.node;
+                    let closing = async move {
+                        let _ = tokio::time::timeout(probe_within, session.close()).await;
+                    };
+                    if shutdown.is_cancelled() {
+                        closing.await;
+                    } else {
+                        tokio::spawn(closing);
                         // Try the other nodes first: this one may be the one that died.
-                        brokers.lost(session.node);
+                        brokers.lost(index);
                         tracing::warn!(%node, "lost the RabbitMQ connection; reconnecting");
                     }
                 }
@@ -276,19 +333,57 @@ pub fn supervise(
     (link, task)
 }
 
-/// Returns when the session is no longer healthy or on shutdown.
-async fn watch_health(session: &Session, suspect: &Notify, shutdown: &CancellationToken) {
+/// Returns when the session is no longer healthy, when its node does not answer a probe
+/// within `probe_within` (every [`PROBE_EVERY`], and at once when a user reported an
+/// error), or on shutdown.
+async fn watch_health(
+    session: &Session,
+    suspect: &Notify,
+    shutdown: &CancellationToken,
+    probe_within: Duration,
+) {
     let mut tick = tokio::time::interval(HEALTH_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probed = tokio::time::Instant::now();
     loop {
-        tokio::select! {
+        let suspected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = suspect.notified() => {}
-            _ = tick.tick() => {}
-        }
+            _ = suspect.notified() => true,
+            _ = tick.tick() => false,
+        };
         if !session.is_healthy() {
             return;
         }
+        if !suspected && probed.elapsed() < PROBE_EVERY {
+            continue;
+        }
+        probed = tokio::time::Instant::now();
+        let answer = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            answer = probe(session, probe_within) => answer,
+        };
+        if let Err(why) = answer {
+            tracing::warn!(node = %session.node(), %why, "the RabbitMQ node does not answer; moving to another");
+            return;
+        }
+    }
+}
+
+/// Whether the node still answers: a channel opened and closed within `within`. A
+/// connection the broker has blocked (a memory or disk alarm) counts as answering: the
+/// broker reads nothing more from it until the alarm clears, and it told us so.
+async fn probe(session: &Session, within: Duration) -> Result<(), String> {
+    if session.connection.status().blocked() {
+        return Ok(());
+    }
+    let round_trip = async {
+        let channel = session.connection.create_channel().await?;
+        channel.close(200, "liveness probe".into()).await
+    };
+    match tokio::time::timeout(within, round_trip).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer to a channel open within {within:?}")),
     }
 }
 

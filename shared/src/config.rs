@@ -24,7 +24,8 @@ pub struct BrokerArgs {
     pub amqp_url: String,
 
     /// How long each node gets to accept the connection (TCP, TLS, AMQP handshake) before
-    /// the next one in `AMQP_URL` is tried.
+    /// the next one in `AMQP_URL` is tried; also how long a connected node gets to answer
+    /// the liveness probe (every 5 s, and after a failed publish) before it is left.
     #[arg(long, env = "AMQP_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub amqp_connect_timeout: Duration,
 

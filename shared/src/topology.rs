@@ -203,6 +203,66 @@ pub async fn declare_on(connection: &Connection, topology: &Topology) -> lapin::
     }
 }
 
+/// Checks without changing anything that the exchanges and quorum queues [`declare`] makes
+/// are there (passive declares, on a channel of its own, returned on success); `Err` with
+/// `404 NOT_FOUND` (see [`crate::amqp::is_not_found`]) when one is missing.
+///
+/// What a session opened again after [`declare`] succeeded once uses instead of declaring
+/// again: declaring a binding takes a lock on every node of a cluster, so a declare waits
+/// for as long as one node is silent without being gone (a frozen VM, a partition: 74 s on
+/// RabbitMQ 3.10, until the cluster drops the node), while passive declares answer at
+/// once. So a reconnect away from such a node costs seconds, not a minute. A binding
+/// removed by hand is not noticed by this check; the next process start restores it.
+pub async fn check_on(connection: &Connection, topology: &Topology) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    let passive_exchange = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for exchange in [UNROUTED_EXCHANGE, EXCHANGE] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                passive_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let passive_queue = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let retry_queues = topology.retry_delays.iter().map(|d| retry_queue_name(*d));
+    // Not the order-event stream: a passive declare of a stream asks its leader for its
+    // size, and waits as long as that leader's node is silent (64 s here); a quorum
+    // queue's answers from any member.
+    let queues = [UNROUTED_QUEUE, DLQ, WORK_QUEUE]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(retry_queues);
+    for queue in queues {
+        channel
+            .queue_declare(queue.as_str().into(), passive_queue, FieldTable::default())
+            .await?;
+    }
+    Ok(channel)
+}
+
+/// [`check_on`], and [`declare_on`] if a part is missing (a vhost deleted and made again,
+/// say): what a process that declared the topology once uses for every later channel that
+/// needs it (a reconnect, a consumer subscribing again).
+pub async fn ensure_on(connection: &Connection, topology: &Topology) -> lapin::Result<Channel> {
+    match check_on(connection, topology).await {
+        Ok(channel) => Ok(channel),
+        Err(error) if crate::amqp::is_not_found(&error) => {
+            tracing::warn!(%error, "part of the RabbitMQ topology is gone; declaring it again");
+            declare_on(connection, topology).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Fallbacks recorded so far in this process (a queue found to predate an argument).
 static FALLBACKS: AtomicUsize = AtomicUsize::new(0);
 

@@ -1,5 +1,6 @@
 //! `AMQP_URL` with several nodes (a silent one costs one connect timeout, a lost node is
-//! replaced by the next) and `amqps://` with a private CA (`AMQP_CA_FILE`).
+//! replaced by the next, a node that goes silent under a live connection is left for the
+//! next) and `amqps://` with a private CA (`AMQP_CA_FILE`).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,9 @@ use shared::{amqp::Session, topology::Topology};
 use tests::{
     fixtures::{self, authorization},
     ingress_harness::RunningIngress,
+    inventory::{DemoInventory, InventoryConfig},
     rabbit::{PrivateBroker, TcpProxy, TestVhost, TlsFiles},
+    worker_harness::{self, WorkerProcess},
 };
 use tokio::net::TcpListener;
 
@@ -106,6 +109,106 @@ async fn skips_a_silent_first_node_and_moves_to_the_next_when_its_node_is_lost()
     assert_eq!(post().await.unwrap().status(), StatusCode::NO_CONTENT);
     eprintln!("first ready after {first_ready:?}; moved to b in {moved:?}");
     ingress.stop().await.unwrap();
+}
+
+/// A node that goes silent under live connections (SIGSTOP, a partition: nothing closes,
+/// nothing answers) is noticed by the liveness probe, not by the heartbeat a minute or two
+/// later: the ingress answers 204 again and the worker consumes again, both through the
+/// next node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_goes_silent_is_left_for_the_next_by_the_ingress_and_the_worker() {
+    let vhost = TestVhost::create().await.unwrap();
+    let a = TcpProxy::start(vhost.broker_addr()).await.unwrap();
+    let b = TcpProxy::start(vhost.broker_addr()).await.unwrap();
+    let url = [vhost.amqp_url_via(a.addr()), vhost.amqp_url_via(b.addr())].join(",");
+    let inventory = DemoInventory::start(InventoryConfig::default())
+        .await
+        .unwrap();
+    let worker = WorkerProcess::spawn(
+        &url,
+        &inventory.url(),
+        &[("AMQP_CONNECT_TIMEOUT", "1s"), ("PUBLISH_TIMEOUT", "1s")],
+    )
+    .await
+    .unwrap();
+    let ingress = RunningIngress::start(
+        &url,
+        &[
+            "--webhook-secret",
+            SECRET,
+            "--amqp-connect-timeout",
+            "1s",
+            "--publish-timeout",
+            "1s",
+        ],
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let post = |id: u64| {
+        let body = worker_harness::order_paid(id);
+        http.post(ingress.url("/webhooks/xsolla"))
+            .header("authorization", authorization(&body, SECRET))
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(1).await.unwrap().status(), StatusCode::NO_CONTENT);
+    inventory
+        .wait_for(|s| s.grants.contains_key("1"), Duration::from_secs(10))
+        .await
+        .expect("granted through node a");
+    let worker_metrics = || async {
+        worker_harness::metrics(worker.ops)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    assert!(on_node(&worker_metrics().await.unwrap(), a.addr()));
+
+    let stalled = Instant::now();
+    a.stall();
+    // Xsolla re-sends what got a 503; so does this, at once.
+    tests::wait::value(Duration::from_secs(20), "a 204 again", || async {
+        match post(2).await {
+            Ok(r) if r.status() == StatusCode::NO_CONTENT => Ok(()),
+            Ok(r) => Err(format!("answered {}", r.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+    .unwrap();
+    let answered = stalled.elapsed();
+    tests::wait::value(Duration::from_secs(20), "the worker on node b", || async {
+        let m = worker_metrics().await?;
+        on_node(&m, b.addr()).then_some(()).ok_or(m)
+    })
+    .await
+    .unwrap();
+    worker_harness::wait_ready(worker.ops, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let moved = stalled.elapsed();
+    // Consuming there. The broker itself still counts the silent connection's consumer
+    // (its prefetch holds what it was sent, order 2 perhaps, until the broker's heartbeat
+    // drops it), so of the orders sent now the live consumer gets those past that
+    // prefetch: one at least of nine.
+    for id in 3..12 {
+        assert_eq!(post(id).await.unwrap().status(), StatusCode::NO_CONTENT);
+    }
+    inventory
+        .wait_for(
+            |s| (3..12).any(|id| s.grants.contains_key(&id.to_string())),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("granted through node b");
+    eprintln!("after the stall: 204 again in {answered:?}, the worker on node b in {moved:?}");
+    // The probe's bound: a publish timeout (1 s), a probe (1 s; the worker's runs every
+    // 5 s), a close (1 s), a connect. The heartbeat would have taken a minute or more.
+    assert!(answered < Duration::from_secs(10), "{answered:?}");
+    assert!(moved < Duration::from_secs(15), "{moved:?}");
+    ingress.stop().await.unwrap();
+    worker.kill().await.unwrap();
+    a.cut().await;
 }
 
 #[tokio::test]

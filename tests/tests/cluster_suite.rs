@@ -4,7 +4,9 @@
 //! (paid, canceled in and out of order, duplicated, a few with a SKU the game rejects) with
 //! Xsolla's retries on a compressed clock, while in turn: the node holding the work queue's
 //! leader is SIGKILLed and restarted, the node the first ingress is connected to is
-//! SIGKILLed and restarted, and every node is restarted in turn (a rolling restart). Then
+//! SIGKILLed and restarted, a node an ingress is on (leading neither the work queue nor the
+//! order-event stream) is frozen (SIGSTOP: a silent node, its connections open) until the services moved off
+//! it, then resumed, and every node is restarted in turn (a rolling restart). Then
 //! the fault suite's verdict (`tests::suite::verdict`): every acknowledged webhook applied
 //! exactly once, every acknowledged cancel revoked after its grant, nothing stuck, nothing
 //! in the DLQ but the rejected SKUs. The summary reports, per scenario, how long grants

@@ -93,7 +93,12 @@ pub async fn consume(
             prefetch = options.concurrency,
             "consuming"
         );
-        let stopped = run_consumer(&channel, consumer, &handler, &tracker, &shutdown).await;
+        let stopped = tokio::select! {
+            stopped = run_consumer(&channel, consumer, &handler, &tracker, &shutdown) => stopped,
+            // The supervisor gave the session up (its node went silent): the consumer on it
+            // would wait for ever, so subscribe on the next one.
+            () = link.replaced(&session) => false,
+        };
         consuming.store(false, Ordering::SeqCst);
         if stopped {
             draining = Some(channel);
@@ -109,13 +114,15 @@ pub async fn consume(
     }
 }
 
-/// Opens the consumer's own channel (acks travel on it), declares the topology, sets the
+/// Opens the consumer's own channel (acks travel on it), makes sure the topology is there, sets the
 /// prefetch, subscribes.
 async fn subscribe(
     session: &Session,
     options: &ConsumeOptions,
 ) -> lapin::Result<(Channel, Consumer)> {
-    let channel = topology::declare_on(session.connection(), &options.topology).await?;
+    // The session declared the topology (or, on a reconnect, checked it): declaring its
+    // bindings again would wait out a silent cluster node.
+    let channel = topology::ensure_on(session.connection(), &options.topology).await?;
     channel
         .basic_qos(options.concurrency, BasicQosOptions::default())
         .await?;

@@ -51,6 +51,11 @@ pub async fn run(
         let start = next.map_or(StartAt::First, StartAt::Offset);
         tokio::select! {
             () = shutdown.cancelled() => return,
+            // The supervisor gave the session up (its node went silent): its consumer would
+            // wait for ever. `next` holds the offset to resume from.
+            () = link.replaced(&session) => {
+                tracing::warn!(?start, "the RabbitMQ session was replaced; resubscribing to the order-event stream");
+            }
             result = consume(&session, start, &state, &mut next, marker.as_deref()) => {
                 if let Err(error) = result {
                     tracing::warn!(%error, ?start, "order-event stream consumer stopped; resubscribing");

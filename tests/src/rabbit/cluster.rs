@@ -203,6 +203,22 @@ impl Cluster {
         Ok(killed)
     }
 
+    /// Freezes node `i` (SIGSTOP: see [`PrivateBroker::freeze`]); returns when the signal
+    /// was sent. [`Cluster::thaw`] resumes it.
+    pub fn freeze(&self, i: usize) -> anyhow::Result<Instant> {
+        self.up[i].store(false, Ordering::SeqCst);
+        let frozen = Instant::now();
+        self.nodes[i].freeze()?;
+        Ok(frozen)
+    }
+
+    /// Resumes node `i` after [`Cluster::freeze`].
+    pub fn thaw(&self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].thaw()?;
+        self.up[i].store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Stops node `i` gracefully (`rabbitmqctl stop`): it hands its leaderships over first.
     pub async fn stop(&self, i: usize) -> anyhow::Result<()> {
         self.up[i].store(false, Ordering::SeqCst);

@@ -175,6 +175,27 @@ impl PrivateBroker {
         .await
     }
 
+    /// Freezes the node's VM with SIGSTOP: its sockets stay open and its kernel still takes
+    /// bytes, but nothing answers (what a hung VM or a one-way partition looks like to a
+    /// client). [`PrivateBroker::thaw`] resumes it.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Resumes a node [`frozen`](Self::freeze).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.beam_pid().context("node pid file not found")?;
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
+        Ok(())
+    }
+
     /// Stops the node gracefully (whole VM, ~4 s); bring it back with
     /// [`restart_node`](Self::restart_node).
     pub async fn stop_node(&self) -> anyhow::Result<()> {
@@ -201,7 +222,10 @@ impl PrivateBroker {
         // makes the node bind it twice and die with eaddrinuse).
         let mut conf = String::from(
             "# Private test node (tests/src/rabbit.rs). Listener set by env.\n\
-             log.file.level = info\n",
+             log.file.level = info\n\
+             # As deploy/rabbitmq/rabbitmq.conf: a node the others dropped (frozen past the\n\
+             # net tick) pauses and rejoins instead of running on as a partition of its own.\n\
+             cluster_partition_handling = pause_minority\n",
         );
         if let Some((port, files)) = &self.tls {
             // The TLS listener is not one of the env-set ones, so it goes here. The files

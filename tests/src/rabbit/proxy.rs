@@ -23,6 +23,8 @@ pub struct TcpProxy {
 struct Generation {
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Set by [`TcpProxy::stall`]: relays forward nothing more.
+    stalled: CancellationToken,
 }
 
 impl TcpProxy {
@@ -59,6 +61,16 @@ impl TcpProxy {
         self.live.lock().unwrap().is_none()
     }
 
+    /// The upstream goes silent, as a frozen or partitioned broker node does: every relayed
+    /// connection stays open and forwards nothing more either way, and new connections are
+    /// accepted and held without a word. Ends with [`TcpProxy::cut`] (or the drop); bytes
+    /// in flight at the stall may be lost, so there is no resuming.
+    pub fn stall(&self) {
+        if let Some(g) = self.live.lock().unwrap().as_ref() {
+            g.stalled.cancel();
+        }
+    }
+
     /// Stops listening and resets every relayed connection; returns once all are gone.
     pub async fn cut(&self) {
         let generation = self.live.lock().unwrap().take();
@@ -89,11 +101,13 @@ impl TcpProxy {
         let g = Generation {
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            stalled: CancellationToken::new(),
         };
         g.tasks.spawn(accept_loop(
             listener,
             self.upstream,
             g.stop.clone(),
+            g.stalled.clone(),
             g.tasks.clone(),
         ));
         let mut live = self.live.lock().unwrap();
@@ -119,6 +133,7 @@ async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
     stop: CancellationToken,
+    stalled: CancellationToken,
     tasks: TaskTracker,
 ) {
     loop {
@@ -129,25 +144,40 @@ async fn accept_loop(
                 Err(_) => continue,
             },
         };
-        let stop = stop.clone();
+        let (stop, stalled) = (stop.clone(), stalled.clone());
         tasks.spawn(async move {
+            if stalled.is_cancelled() {
+                // Held open, never answered.
+                stop.cancelled().await;
+                return;
+            }
             let Ok(outbound) = TcpStream::connect(upstream).await else {
                 return; // upstream down: the client sees its connection closed
             };
-            relay(inbound, outbound, stop).await;
+            relay(inbound, outbound, stop, stalled).await;
         });
     }
 }
 
-async fn relay(mut a: TcpStream, mut b: TcpStream, stop: CancellationToken) {
+async fn relay(
+    mut a: TcpStream,
+    mut b: TcpStream,
+    stop: CancellationToken,
+    stalled: CancellationToken,
+) {
     let _ = a.set_nodelay(true);
     let _ = b.set_nodelay(true);
+    let reset = |a: &TcpStream, b: &TcpStream| {
+        // Abrupt, like a vanished broker or host: RST both ways rather than a FIN.
+        let _ = a.set_zero_linger();
+        let _ = b.set_zero_linger();
+    };
     tokio::select! {
-        _ = stop.cancelled() => {
-            // Abrupt, like a vanished broker or host: RST both ways rather than a FIN.
-            let _ = a.set_zero_linger();
-            let _ = b.set_zero_linger();
-        }
-        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+        _ = stop.cancelled() => return reset(&a, &b),
+        _ = stalled.cancelled() => {}
+        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => return,
     }
+    // Stalled: both sockets stay open, nothing is read or written, until the cut.
+    stop.cancelled().await;
+    reset(&a, &b);
 }

@@ -59,6 +59,8 @@ impl System {
                 ("AMQP_URL", setup.amqp_url_of(k)),
                 ("RETRY_DELAYS", delays.clone()),
                 ("PUBLISH_TIMEOUT", "2s".into()),
+                // Also the liveness probe's bound: a silent node is left in about 4 s.
+                ("AMQP_CONNECT_TIMEOUT", "2s".into()),
                 ("SHUTDOWN_TIMEOUT", "5s".into()),
             ]
             .iter()

@@ -5,11 +5,14 @@
 
 use std::time::Duration;
 
-use shared::topology::WORK_QUEUE;
+use shared::{order_events, topology::WORK_QUEUE};
 use tests::{
     inventory::InventoryHandle,
     rabbit::{Cluster, QueueReplicas},
-    suite::system::{self, System},
+    suite::{
+        procs::Service,
+        system::{self, System},
+    },
     wait,
 };
 use tokio::{sync::watch, time::Instant};
@@ -17,6 +20,10 @@ use tokio::{sync::watch, time::Instant};
 /// Longest wait for any one step (an election, a restart, a reconnect) on a loaded 2-core
 /// machine; real ones take seconds.
 const STEP_WITHIN: Duration = Duration::from_secs(90);
+
+/// Longest freeze: the services must have moved off the frozen node by then (they take
+/// seconds), and the node resumes well inside RabbitMQ's 60 s net tick.
+const FREEZE_AT_MOST: Duration = Duration::from_secs(30);
 
 /// One scenario as it happened.
 #[derive(Debug, Clone)]
@@ -45,9 +52,12 @@ pub struct Driver<'a> {
 }
 
 impl Driver<'_> {
-    /// The whole schedule: the work queue's leader, the node an ingress is on, then every
-    /// node in turn.
+    /// The whole schedule: a silent node, the work queue's leader, the node an ingress is
+    /// on, then every node in turn.
     pub async fn run(&mut self) {
+        // First, while the processes are still spread over the nodes as their lists put
+        // them (the kills move them together).
+        self.freeze_a_node_an_ingress_is_on().await;
         self.kill_work_queue_leader().await;
         self.kill_node_of_ingress(0).await;
         self.rolling_restart().await;
@@ -71,17 +81,106 @@ impl Driver<'_> {
     async fn kill_node_of_ingress(&mut self, i: usize) {
         let acks = self.load_flows().await;
         let ingress = &self.system.ingresses[i];
-        let addr = connected_node(&system::metrics(ingress).await.expect("ingress metrics"))
-            .expect("the ingress names its node");
-        let node = self
-            .cluster
-            .index_of_addr(&addr)
-            .expect("a node of the cluster");
+        let node = self.node_of(i).await;
         let what = format!(
             "SIGKILL node {node}, the one {} is connected to, and restart it",
             ingress.name
         );
         self.kill_and_restart(what, acks, node, Some(i)).await;
+    }
+
+    /// SIGSTOP a node: a silent one, whose connections stay open and whose kernel still
+    /// takes bytes, as in a hung VM or a partition. The services must notice without any
+    /// connection failing (before the liveness probe an ingress on such a node answered
+    /// 503 until its heartbeat gave up, a minute). The node leads neither the work queue
+    /// nor the order-event stream, and is one an ingress is on if any is: RabbitMQ 3.10
+    /// moves a leader off a silent node only once the cluster drops that node (the 60 s net
+    /// tick; 66 s measured), and until then every publish to that queue waits for its
+    /// confirm, whichever node it went to, which no client can shorten. Once the services
+    /// carry on (the ingresses that were on it on other nodes, grants flowing, every ingress
+    /// ready), the node resumes (SIGCONT) and the scenario ends when every replica is online
+    /// again.
+    async fn freeze_a_node_an_ingress_is_on(&mut self) {
+        let acks = self.load_flows().await;
+        let mut leaders = Vec::new();
+        for queue in [order_events::STREAM, WORK_QUEUE] {
+            let leader = self.cluster.leader_of(queue).await.expect("listing queues");
+            leaders.push(leader.unwrap_or_else(|| panic!("{queue} has no leader")));
+        }
+        let mut on = Vec::new();
+        for i in 0..self.system.ingresses.len() {
+            on.push(self.node_of(i).await);
+        }
+        let node = on
+            .iter()
+            .copied()
+            .chain(0..self.cluster.len())
+            .find(|n| !leaders.contains(n))
+            .expect("three nodes, two leaders");
+        let services = self.system.ingresses.iter().chain(&self.system.workers);
+        let mut followed = Vec::new();
+        for service in services {
+            if self.node_of_service(service).await == node {
+                followed.push(service);
+            }
+        }
+        let names: Vec<&str> = followed.iter().map(|s| s.name.as_str()).collect();
+        let what = format!(
+            "SIGSTOP node {node} ({} on it; it leads neither the stream nor the work queue), then SIGCONT",
+            if names.is_empty() {
+                "nothing".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+        let grants_before = self.inventory.inspect(|s| s.grants.len());
+        let began = self.cluster.freeze(node).expect("SIGSTOP node");
+        let mut steps = Vec::new();
+        // Resumed within the net tick (60 s), so the cluster never drops the node: the
+        // scenario is about the clients. The services get FREEZE_AT_MOST to carry on.
+        let carried_on = tokio::time::timeout(FREEZE_AT_MOST, async {
+            for service in &followed {
+                let moved = self.service_moved_off(service, node).await;
+                steps.push((format!("{} on node {moved}", service.name), began.elapsed()));
+            }
+            self.inventory
+                .wait_for(|s| s.grants.len() > grants_before, STEP_WITHIN)
+                .await
+                .expect("grants resume");
+            steps.push(("a grant applied".into(), began.elapsed()));
+            self.every_ingress_ready().await;
+            steps.push(("every ingress ready".into(), began.elapsed()));
+        })
+        .await;
+        self.cluster.thaw(node).expect("SIGCONT node");
+        assert!(
+            carried_on.is_ok(),
+            "the services did not carry on within {FREEZE_AT_MOST:?} of the freeze: {steps:?}"
+        );
+        steps.push((format!("node {node} resumed"), began.elapsed()));
+        self.fully_online().await;
+        steps.push(("every replica online".into(), began.elapsed()));
+        self.scenarios.push(Scenario {
+            what,
+            after_acks: acks,
+            began,
+            ended: Instant::now(),
+            steps,
+        });
+    }
+
+    /// The node ingress `i` is connected to, as its `amqp_node` metric says.
+    async fn node_of(&self, i: usize) -> usize {
+        self.node_of_service(&self.system.ingresses[i]).await
+    }
+
+    /// The node `service` is connected to, as its `amqp_node` metric says.
+    async fn node_of_service(&self, service: &Service) -> usize {
+        let addr = connected_node(&system::metrics(service).await.expect("metrics"))
+            .expect("the service names its node");
+        self.cluster
+            .index_of_addr(&addr)
+            .expect("a node of the cluster")
     }
 
     /// Graceful stop and start of each node in turn, each once no quorum queue needs it
@@ -179,17 +278,22 @@ impl Driver<'_> {
 
     /// Waits until ingress `i` says it is on a node other than `lost`; returns that node.
     async fn moved_off(&self, i: usize, lost: usize) -> usize {
-        let ingress = &self.system.ingresses[i];
+        self.service_moved_off(&self.system.ingresses[i], lost)
+            .await
+    }
+
+    /// Waits until `service` says it is on a node other than `lost`; returns that node.
+    async fn service_moved_off(&self, service: &Service, lost: usize) -> usize {
         let deadline = Instant::now() + STEP_WITHIN;
         loop {
-            let on = system::metrics(ingress)
+            let on = system::metrics(service)
                 .await
                 .and_then(|m| connected_node(&m))
                 .and_then(|addr| self.cluster.index_of_addr(&addr));
             match on {
                 Some(n) if n != lost => return n,
                 _ if Instant::now() >= deadline => {
-                    panic!("{} still not on another node than {lost}", ingress.name)
+                    panic!("{} still not on another node than {lost}", service.name)
                 }
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
