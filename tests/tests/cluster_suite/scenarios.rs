@@ -158,15 +158,7 @@ impl Driver<'_> {
             "the services did not carry on within {FREEZE_AT_MOST:?} of the freeze: {steps:?}"
         );
         steps.push((format!("node {node} resumed"), began.elapsed()));
-        self.fully_online().await;
-        steps.push(("every replica online".into(), began.elapsed()));
-        self.scenarios.push(Scenario {
-            what,
-            after_acks: acks,
-            began,
-            ended: Instant::now(),
-            steps,
-        });
+        self.end_when_fully_online(what, acks, began, steps).await;
     }
 
     /// The node ingress `i` is connected to, as its `amqp_node` metric says.
@@ -250,6 +242,17 @@ impl Driver<'_> {
         steps.push(("every ingress ready".into(), began.elapsed()));
         self.cluster.restart(node).await.expect("node restarts");
         steps.push((format!("node {node} restarted"), began.elapsed()));
+        self.end_when_fully_online(what, acks, began, steps).await;
+    }
+
+    /// Waits until every replica is online again, then records the scenario.
+    async fn end_when_fully_online(
+        &mut self,
+        what: String,
+        acks: u64,
+        began: Instant,
+        mut steps: Vec<(String, Duration)>,
+    ) {
         self.fully_online().await;
         steps.push(("every replica online".into(), began.elapsed()));
         self.scenarios.push(Scenario {
