@@ -321,7 +321,7 @@ pub fn supervise(
                 }
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(%error, retry_in = ?delay, broker = %brokers.redacted(), "cannot connect to RabbitMQ");
+                    tracing::warn!(%error, retry_in = ?crate::telemetry::to_millis(delay), broker = %brokers.redacted(), "cannot connect to RabbitMQ");
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(delay) => {}

@@ -118,6 +118,13 @@ pub fn log_panics() {
     }));
 }
 
+/// `d` rounded to whole milliseconds, for log fields: a jittered delay printed with `Debug`
+/// showed nanoseconds (`retry_in=1.234567891s`), noise to a reader; `1.235s` says the same.
+pub fn to_millis(d: std::time::Duration) -> std::time::Duration {
+    let ms = d.as_nanos().saturating_add(500_000) / 1_000_000;
+    std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
 /// Seconds buckets for latency histograms: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -379,6 +386,16 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
+
+    #[test]
+    fn delays_are_logged_in_whole_milliseconds() {
+        let jittered = std::time::Duration::from_nanos(1_234_567_891);
+        assert_eq!(format!("{:?}", to_millis(jittered)), "1.235s");
+        assert_eq!(
+            format!("{:?}", to_millis(std::time::Duration::from_micros(999))),
+            "1ms"
+        );
+    }
 
     /// Runs `f` with the `LOG_FORMAT=json` layer as this thread's subscriber; its lines.
     fn json_lines(f: impl FnOnce()) -> Vec<String> {

@@ -78,7 +78,7 @@ pub async fn consume(
             Ok(subscribed) => subscribed,
             Err(error) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(%error, retry_in = ?delay, "cannot subscribe to {WORK_QUEUE}");
+                tracing::warn!(%error, retry_in = ?shared::telemetry::to_millis(delay), "cannot subscribe to {WORK_QUEUE}");
                 link.report_error();
                 tokio::select! {
                     _ = shutdown.cancelled() => break,

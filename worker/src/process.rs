@@ -184,7 +184,7 @@ async fn fulfil(
     let elapsed = ctx.policy.elapsed(started, now, prior);
     match ctx.policy.next_step(prior, failure.retry_after, elapsed) {
         NextStep::Delay(delay) => {
-            tracing::warn!(error = %failure, retry_in = ?delay, "inventory call failed; retrying later");
+            tracing::warn!(error = %failure, retry_in = ?shared::telemetry::to_millis(delay), "inventory call failed; retrying later");
             Outcome::Retry {
                 delay,
                 attempts,

@@ -144,7 +144,7 @@ impl RetryPolicy {
                 (Some(_), Some(asked)) if asked > QUICK_RETRY_AFTER_MAX => return result,
                 (Some(d), asked) => d.max(asked.unwrap_or_default()),
             };
-            tracing::debug!(error = %failure, retry_in = ?wait, "transient failure; retrying in-process");
+            tracing::debug!(error = %failure, retry_in = ?shared::telemetry::to_millis(wait), "transient failure; retrying in-process");
             tokio::select! {
                 _ = shutdown.cancelled() => return result,
                 _ = tokio::time::sleep(wait) => {}
