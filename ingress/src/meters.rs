@@ -68,10 +68,14 @@ impl RequestMeters {
     /// not verified) with `outcome` (one of [`OUTCOMES`]) that took `seconds`.
     pub fn record(&self, kind: Option<&str>, outcome: &'static str, seconds: f64) {
         let t = type_index(kind);
-        let o = OUTCOMES
-            .iter()
-            .position(|known| *known == outcome)
-            .expect("every outcome is listed in OUTCOMES");
+        let Some(o) = OUTCOMES.iter().position(|known| *known == outcome) else {
+            // An outcome added to `ApiError` but not here: counted all the same, uncached.
+            metrics::counter!("ingress_requests_total", "type" => TYPES[t], "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("ingress_request_duration_seconds", "outcome" => outcome)
+                .record(seconds);
+            return;
+        };
         self.requests[t * OUTCOMES.len() + o]
             .get_or_init(|| {
                 metrics::counter!("ingress_requests_total", "type" => TYPES[t], "outcome" => outcome)

@@ -47,17 +47,9 @@ impl Session {
         Session::open_with(brokers, name, topology, false).await
     }
 
-    /// [`Session::open_on`] for a process whose earlier session declared the topology:
-    /// only checks that it is still there ([`topology::check_on`]), and declares it again
-    /// if a part is missing (a vhost deleted and made again, say).
-    pub async fn reopen_on(
-        brokers: &Brokers,
-        name: &str,
-        topology: &Topology,
-    ) -> lapin::Result<Session> {
-        Session::open_with(brokers, name, topology, true).await
-    }
-
+    /// [`Session::open_on`]; with `declared_before` (a process whose earlier session
+    /// declared the topology) it only checks that the topology is still there
+    /// ([`topology::ensure_on`]), declaring it again if a part is missing.
     async fn open_with(
         brokers: &Brokers,
         name: &str,
@@ -284,12 +276,7 @@ pub fn supervise(
         let mut backoff = reconnect_backoff();
         let mut declared = false;
         while !shutdown.is_cancelled() {
-            let opened = if declared {
-                Session::reopen_on(&brokers, &name, &topology).await
-            } else {
-                Session::open_on(&brokers, &name, &topology).await
-            };
-            match opened {
+            match Session::open_with(&brokers, &name, &topology, declared).await {
                 Ok(session) => {
                     declared = true;
                     let node = session.node().to_owned();

@@ -219,6 +219,7 @@ pub async fn check_on(connection: &Connection, topology: &Topology) -> lapin::Re
         passive: true,
         ..Default::default()
     };
+    // A passive declare checks the name only: the kind given is not compared.
     for exchange in [UNROUTED_EXCHANGE, EXCHANGE] {
         channel
             .exchange_declare(

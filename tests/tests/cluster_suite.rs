@@ -31,7 +31,7 @@ use tests::{
         outage,
         plan::{self, SendCtx},
         procs::LogDir,
-        settle::{self, Patience},
+        settle::{self, PATIENCE},
         system::{Setup, System},
         verdict::{self, Timings},
     },
@@ -55,13 +55,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ORDERS: usize = 50_000;
 /// Webhooks acknowledged between two scenarios: the load flows normally in between.
 const ACKS_BETWEEN: u64 = 300;
-/// Waiting for the end, as in the fault suite (a 1 s tier is the longest wait inside).
-const PATIENCE: Patience = Patience {
-    within: Duration::from_secs(120),
-    quiet: Duration::from_secs(1),
-    stuck: Duration::from_secs(5),
-};
-
 struct Config {
     rate: f64,
     seed: u64,
@@ -69,13 +62,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
-            let raw = std::env::var(name).ok()?;
-            Some(
-                raw.parse()
-                    .unwrap_or_else(|_| panic!("{name}={raw} is not valid")),
-            )
-        }
+        use tests::suite::env_var as var;
         Config {
             rate: var("CLUSTER_SUITE_RATE").unwrap_or(30.0),
             seed: var("CLUSTER_SUITE_SEED").unwrap_or_else(rand::random),

@@ -21,7 +21,7 @@ use tests::{
     suite::{
         plan::{self, SendCtx},
         procs::{LogDir, Service},
-        settle::{self, Patience},
+        settle::{self, PATIENCE},
         system::{self, Setup, System},
         verdict::{self, FaultEvent, Timings},
     },
@@ -45,14 +45,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const OUTAGE: Duration = Duration::from_secs(2);
 /// Longest wait for the next fault's trigger (so many acks).
 const TRIGGER_WITHIN: Duration = Duration::from_secs(120);
-/// Waiting for the end: the longest wait inside the system is a 1 s tier or a 1 s
-/// `Retry-After`, so 5 s settled with effects missing means they will not come.
-const PATIENCE: Patience = Patience {
-    within: Duration::from_secs(120),
-    quiet: Duration::from_secs(1),
-    stuck: Duration::from_secs(5),
-};
-
 struct Config {
     orders: usize,
     rate: f64,
@@ -61,13 +53,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
-            let raw = std::env::var(name).ok()?;
-            Some(
-                raw.parse()
-                    .unwrap_or_else(|_| panic!("{name}={raw} is not valid")),
-            )
-        }
+        use tests::suite::env_var as var;
         Config {
             orders: var("FAULT_SUITE_ORDERS").unwrap_or(2000),
             rate: var("FAULT_SUITE_RATE").unwrap_or(50.0),

@@ -10,3 +10,13 @@ pub mod procs;
 pub mod settle;
 pub mod system;
 pub mod verdict;
+
+/// A suite's tuning variable `name`, parsed; `None` if unset. A value that does not parse
+/// stops the suite with a message naming it.
+pub fn env_var<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let raw = std::env::var(name).ok()?;
+    Some(
+        raw.parse()
+            .unwrap_or_else(|_| panic!("{name}={raw} is not valid")),
+    )
+}

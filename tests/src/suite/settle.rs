@@ -29,6 +29,15 @@ pub struct Patience {
     pub stuck: Duration,
 }
 
+/// Both suites' patience at the end: two minutes to settle, quiet for 1 s; the longest wait
+/// inside either system is a 1 s delay tier or a 1 s `Retry-After`, so 5 s settled with
+/// effects missing means they will not come.
+pub const PATIENCE: Patience = Patience {
+    within: Duration::from_secs(120),
+    quiet: Duration::from_secs(1),
+    stuck: Duration::from_secs(5),
+};
+
 /// The work queue and the delay tiers: what must be empty once the system has settled.
 pub fn busy_queues(retry_delays: &[(&str, Duration)]) -> Vec<String> {
     std::iter::once(WORK_QUEUE.to_owned())
