@@ -319,6 +319,8 @@ pub enum StartAt {
     Since(OffsetDateTime),
     /// This offset.
     Offset(u64),
+    /// The last chunk: its first offset says how far the stream reaches.
+    Last,
 }
 
 /// Subscribes to the stream on `channel` (which must not be in confirm mode for acks to
@@ -337,6 +339,7 @@ pub async fn subscribe(
     let mut args = FieldTable::default();
     let offset = match start {
         StartAt::First => AMQPValue::LongString(LongString::from("first")),
+        StartAt::Last => AMQPValue::LongString(LongString::from("last")),
         StartAt::Since(t) => AMQPValue::Timestamp(t.unix_timestamp().max(0) as u64),
         StartAt::Offset(o) => AMQPValue::LongLongInt(i64::try_from(o).unwrap_or(i64::MAX)),
     };

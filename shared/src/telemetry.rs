@@ -358,6 +358,11 @@ fn describe_order_status() {
         "Age of the last order event read (large while catching up, 0 once caught up)."
     );
     gauge!("status_catch_up_lag_seconds").increment(0.0);
+    describe_counter!(
+        "status_catch_up_read_ahead_total",
+        "Events the start-up catch-up's second reader held until the first half was applied (0: read with one reader)."
+    );
+    counter!("status_catch_up_read_ahead_total").increment(0);
 }
 
 /// The series of `ingress::serve`, the HTTP server of the ingress and of order-status.

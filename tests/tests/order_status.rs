@@ -571,6 +571,65 @@ async fn ready_only_after_catching_up_with_the_stream() {
     assert!(metrics.contains("status_caught_up 1"), "{metrics}");
 }
 
+/// A long stream is caught up by two readers at once (the second half held until the first
+/// is applied): the view must come out as one reader builds it, publication for publication,
+/// with orders whose events lie in both halves.
+#[tokio::test]
+async fn a_catch_up_in_two_halves_builds_the_view_one_reader_builds() {
+    let s = setup().await;
+    let user = |order: u64| format!("half-{}", order % 20);
+    let orders = 30_000..30_400u64;
+    let paid: Vec<Vec<u8>> = orders.clone().map(|o| paid_body(o, &user(o))).collect();
+    s.broker.publish_webhooks(&paid).await.unwrap();
+    for o in orders.clone().filter(|o| o % 2 == 0) {
+        s.event(EventKind::Granted, o, &user(o)).await;
+    }
+    for o in orders.clone().filter(|o| o % 7 == 0) {
+        s.canceled(o, &user(o)).await;
+    }
+    let resent: Vec<Vec<u8>> = orders
+        .clone()
+        .filter(|o| o % 3 == 0)
+        .map(|o| paid_body(o, &user(o)))
+        .collect();
+    s.broker.publish_webhooks(&resent).await.unwrap();
+    let one = s.status(&[("STATUS_CATCH_UP_SPLIT", "0")]).await;
+    let two = s.status(&[("STATUS_CATCH_UP_SPLIT", "100")]).await;
+    let read_ahead = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("status_catch_up_read_ahead_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert_eq!(read_ahead(&one.metrics().await.unwrap()), Some(0));
+    let held = read_ahead(&two.metrics().await.unwrap()).unwrap();
+    assert!(held > 100, "the second reader held {held} events");
+    for u in 0..20u64 {
+        let name = format!("half-{u}");
+        let jwt = mint_jwt(TEST_JWT_SECRET, &name, HOUR);
+        let mut histories = Vec::new();
+        for instance in [&one, &two] {
+            let mut c = Client::open(instance).await;
+            c.connect(&jwt, PROJECT).await;
+            let reply = c.history(&channel(&name), 2).await;
+            histories.push(reply["history"]["publications"].clone());
+        }
+        assert!(
+            histories[0].as_array().is_some_and(|p| p.len() > 20),
+            "{name}: {}",
+            histories[0]
+        );
+        assert_eq!(histories[0], histories[1], "{name}");
+    }
+    // Paid, granted, re-sent: done. Paid, canceled, re-sent: canceled.
+    for (order, want) in [(30_006, "done"), (30_009, "canceled")] {
+        let jwt = mint_jwt(TEST_JWT_SECRET, &user(order), HOUR);
+        for instance in [&one, &two] {
+            assert_eq!(poll(instance, PROJECT, order, &jwt).await.1["status"], want);
+        }
+    }
+}
+
 #[tokio::test]
 async fn sigterm_closes_websockets_with_3001() {
     let s = setup().await;

@@ -96,6 +96,12 @@ pub struct StatusArgs {
     #[arg(long, env = "STATUS_MAX_FRAME_BYTES", default_value_t = 65_536)]
     pub max_frame_bytes: usize,
 
+    /// Stream length (events) from which the start-up catch-up reads the stream with two
+    /// readers at once: the second half is held decoded in memory until the first half is
+    /// applied. Faster on two or more cores, at the cost of that memory; 0: one reader.
+    #[arg(long, env = "STATUS_CATCH_UP_SPLIT", default_value_t = 100_000)]
+    pub catch_up_split: u64,
+
     /// The HTTP timers, as on the ingress (slow or idle clients before a WebSocket upgrade
     /// or a poll). The socket cap follows from STATUS_MAX_CONNECTIONS: see [`Self::limits`].
     #[command(flatten)]
@@ -181,6 +187,7 @@ mod tests {
         assert_eq!(a.final_grace, Duration::from_secs(5));
         assert_eq!(a.connect_timeout, Duration::from_secs(15));
         assert_eq!(a.max_frame_bytes, 65_536);
+        assert_eq!(a.catch_up_split, 100_000);
         assert!(a.origins().is_empty());
         assert!(a.validate().is_ok());
     }

@@ -2,16 +2,27 @@
 //! then live. At boot it publishes a sync marker and counts as caught up (ready) once it
 //! reads that marker back. After a broker loss it resubscribes from the offset after the
 //! last one it saw, so nothing is applied twice and nothing is missed.
+//!
+//! A long stream is caught up with two readers (see [`FirstPart`]): the broker delivers a
+//! stream to one AMQP consumer at about one core's worth of work, so a second consumer on
+//! the second half halves the wall time on two cores. Events are still applied one at a
+//! time in stream order, by this task alone: the view, its channel offsets and the marker
+//! come out exactly as with one reader.
 
 use std::{sync::Arc, time::Duration};
 
 use futures_lite::StreamExt as _;
-use lapin::options::BasicAckOptions;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions},
+};
 use shared::{
     amqp::Link,
     order_events::{self, StartAt, StreamMessage},
 };
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 
 use super::{state::State, view::Applied};
 
@@ -23,12 +34,19 @@ const ACK_EVERY: u64 = 100;
 const FORGET_EVERY: Duration = Duration::from_secs(600);
 /// How long to wait for a broker session before looking at `shutdown` again.
 const WAIT_FOR_BROKER: Duration = Duration::from_secs(1);
+/// How long the probe of the stream's extent waits for its first delivery: past it the
+/// catch-up reads with one reader.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Decoded events of the first part in flight to the applying task.
+const FIRST_PART_QUEUE: usize = 4096;
 
-/// Feeds `state` until `shutdown`.
+/// Feeds `state` until `shutdown`. A boot catch-up over at least `split_from` events (0:
+/// never) reads the stream with two readers.
 pub async fn run(
     link: Link,
     state: Arc<State>,
     publish_timeout: Duration,
+    split_from: u64,
     shutdown: CancellationToken,
 ) {
     let mut next: Option<u64> = None;
@@ -56,7 +74,16 @@ pub async fn run(
             () = link.replaced(&session) => {
                 tracing::warn!(?start, "the RabbitMQ session was replaced; resubscribing to the order-event stream");
             }
-            result = consume(&session, start, &state, &mut next, marker.as_deref()) => {
+            result = async {
+                // Only a catch-up from the start is split; a resume after a broker loss reads
+                // on from `next` with one reader.
+                let split = if next.is_none() && split_from > 0 {
+                    split_point(&session, split_from).await
+                } else {
+                    None
+                };
+                consume(&session, start, split, &state, &mut next, marker.as_deref()).await
+            } => {
                 if let Err(error) = result {
                     tracing::warn!(%error, ?start, "order-event stream consumer stopped; resubscribing");
                 }
@@ -97,41 +124,205 @@ async fn pause(shutdown: &CancellationToken) {
 }
 
 /// Consumes from `start` until the consumer ends; `next` tracks the offset to resume at.
+/// With a `split` offset, the offsets below it are read by a [`FirstPart`] and this reader
+/// starts at `split`, holding what it reads until the first part is applied.
 async fn consume(
     session: &shared::amqp::Session,
     start: StartAt,
+    split: Option<u64>,
     state: &State,
     next: &mut Option<u64>,
     marker: Option<&str>,
-) -> lapin::Result<()> {
+) -> anyhow::Result<()> {
+    let tag = format!("order-status-{}", std::process::id());
+    let mut first = match split {
+        Some(until) => {
+            let channel = session.connection().create_channel().await?;
+            Some(FirstPart::start(channel, until, format!("{tag}-first")))
+        }
+        None => None,
+    };
+    let start = split.map_or(start, StartAt::Offset);
     // A channel of its own: the session's is in confirm mode, for the marker.
     let channel = session.connection().create_channel().await?;
-    let tag = format!("order-status-{}", std::process::id());
     let mut consumer = order_events::subscribe(&channel, start, PREFETCH, &tag).await?;
-    tracing::info!(?start, "reading the order-event stream");
+    tracing::info!(?start, ?split, "reading the order-event stream");
+    let mut held: Vec<(Option<u64>, StreamMessage)> = Vec::new();
+    let mut unacked = 0u64;
+    loop {
+        tokio::select! {
+            part = FirstPart::next(&mut first) => match part {
+                Some(Part::Read(offset, message)) => apply(offset, message, state, next, marker),
+                Some(Part::Done) => {
+                    first = None;
+                    metrics::counter!("status_catch_up_read_ahead_total")
+                        .increment(held.len() as u64);
+                    tracing::info!(read_ahead = held.len(), "first part of the order-event stream applied");
+                    for (offset, message) in held.drain(..) {
+                        apply(offset, message, state, next, marker);
+                    }
+                    held.shrink_to_fit();
+                }
+                Some(Part::Failed(error)) => return Err(error.context("first part of the catch-up")),
+                None => anyhow::bail!("the first part of the catch-up stopped"),
+            },
+            delivery = consumer.next() => {
+                let Some(delivery) = delivery else { break };
+                let delivery = delivery?;
+                let offset = order_events::stream_offset(&delivery);
+                match (&first, split) {
+                    // Served from the start of the split's chunk: those are the first part's.
+                    (Some(_), Some(until)) if offset.is_some_and(|o| o < until) => {}
+                    (Some(_), _) => held.push((offset, order_events::decode_delivery(&delivery))),
+                    (None, _) => apply(offset, order_events::decode_delivery(&delivery), state, next, marker),
+                }
+                unacked += 1;
+                if unacked >= ACK_EVERY {
+                    ack_up_to(&delivery).await?;
+                    unacked = 0;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Acks `delivery` and everything before it: for a stream that only gives credit back.
+async fn ack_up_to(delivery: &Delivery) -> lapin::Result<()> {
+    delivery
+        .acker
+        .ack(BasicAckOptions { multiple: true })
+        .await
+        .map(drop)
+}
+
+/// Applies one message of the stream unless its offset was applied already.
+fn apply(
+    offset: Option<u64>,
+    message: StreamMessage,
+    state: &State,
+    next: &mut Option<u64>,
+    marker: Option<&str>,
+) {
+    // A numeric start offset is served from the start of its chunk: skip what we had.
+    if matches!((offset, *next), (Some(o), Some(n)) if o < n) {
+        return;
+    }
+    if let Some(o) = offset {
+        *next = Some(o + 1);
+        metrics::gauge!("status_stream_offset").set(o as f64);
+    }
+    handle(message, state, marker);
+}
+
+/// Where to split a catch-up from the start: half-way between the first retained offset
+/// and the last chunk's, if they are at least `split_from` apart. `None` (one reader) when
+/// the stream is shorter or either end cannot be read within [`PROBE_TIMEOUT`].
+async fn split_point(session: &shared::amqp::Session, split_from: u64) -> Option<u64> {
+    let ends = async {
+        let first = first_offset(session, StartAt::First).await?;
+        let last = first_offset(session, StartAt::Last).await?;
+        lapin::Result::Ok(first.zip(last))
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, ends).await {
+        Ok(Ok(Some((first, last)))) if last.saturating_sub(first) >= split_from => {
+            Some(first + (last - first) / 2)
+        }
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot see how long the order-event stream is; reading it with one reader");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The offset of the first delivery from `start`, on a channel of its own.
+async fn first_offset(
+    session: &shared::amqp::Session,
+    start: StartAt,
+) -> lapin::Result<Option<u64>> {
+    let channel = session.connection().create_channel().await?;
+    let mut consumer = order_events::subscribe(&channel, start, 1, "order-status-probe").await?;
+    let offset = match consumer.next().await {
+        Some(delivery) => order_events::stream_offset(&delivery?),
+        None => None,
+    };
+    let _ = channel.close(200, "probed".into()).await;
+    Ok(offset)
+}
+
+/// What the first part's reader sends, in stream order.
+enum Part {
+    Read(Option<u64>, StreamMessage),
+    /// Every offset below the split was sent.
+    Done,
+    Failed(anyhow::Error),
+}
+
+/// The offsets below a split, read and decoded by a task of its own (the second core's
+/// share of a catch-up) and sent in order to the task that applies them. Dropped, it stops
+/// its task: what was not applied is read again from `next`.
+struct FirstPart {
+    rx: mpsc::Receiver<Part>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl FirstPart {
+    fn start(channel: Channel, until: u64, tag: String) -> FirstPart {
+        let (tx, rx) = mpsc::channel(FIRST_PART_QUEUE);
+        let task = tokio::spawn(async move {
+            let end = match read_below(&channel, until, &tag, &tx).await {
+                Ok(()) => Part::Done,
+                Err(error) => Part::Failed(error),
+            };
+            let _ = tx.send(end).await;
+            let _ = channel.close(200, "first part read".into()).await;
+        });
+        FirstPart {
+            rx,
+            _task: AbortOnDropHandle::new(task),
+        }
+    }
+
+    /// The next part of `first`; never ready once there is none.
+    async fn next(first: &mut Option<FirstPart>) -> Option<Part> {
+        match first {
+            Some(part) => part.rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Sends every message below `until` from the start of the stream, then returns.
+async fn read_below(
+    channel: &Channel,
+    until: u64,
+    tag: &str,
+    tx: &mpsc::Sender<Part>,
+) -> anyhow::Result<()> {
+    let mut consumer = order_events::subscribe(channel, StartAt::First, PREFETCH, tag).await?;
     let mut unacked = 0u64;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         let offset = order_events::stream_offset(&delivery);
-        // A numeric start offset is served from the start of its chunk: skip what we had.
-        let seen_before = matches!((offset, *next), (Some(o), Some(n)) if o < n);
-        if !seen_before {
-            if let Some(o) = offset {
-                *next = Some(o + 1);
-                metrics::gauge!("status_stream_offset").set(o as f64);
-            }
-            handle(order_events::decode_delivery(&delivery), state, marker);
+        if offset.is_some_and(|o| o >= until) {
+            let _ = channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await;
+            return Ok(());
+        }
+        let message = order_events::decode_delivery(&delivery);
+        if tx.send(Part::Read(offset, message)).await.is_err() {
+            return Ok(()); // the applying side is gone
         }
         unacked += 1;
         if unacked >= ACK_EVERY {
-            delivery
-                .acker
-                .ack(BasicAckOptions { multiple: true })
-                .await?;
+            ack_up_to(&delivery).await?;
             unacked = 0;
         }
     }
-    Ok(())
+    anyhow::bail!("the broker ended the consumer before offset {until}")
 }
 
 fn handle(message: StreamMessage, state: &State, marker: Option<&str>) {

@@ -89,6 +89,7 @@ pub async fn run(
         link.clone(),
         state.clone(),
         args.broker.publish_timeout,
+        args.catch_up_split,
         broker_stop.clone(),
     ));
     let forget = tokio::spawn(feed::forget_expired(

@@ -152,6 +152,8 @@ pub struct CatchupRound {
     pub per_s: f64,
     pub rss_mib: f64,
     pub cpu_s: f64,
+    /// CPU seconds of the local broker over the round (0 if there is none).
+    pub broker_cpu_s: f64,
     pub load: String,
 }
 
@@ -176,11 +178,13 @@ impl Server {
     async fn order_status(
         bin: &PathBuf,
         amqp_url: &str,
+        env: &[(&str, &str)],
         wait: Duration,
     ) -> anyhow::Result<(Server, f64)> {
         let addr = proc::free_addr()?;
         let started = Instant::now();
         let child = Command::new(bin)
+            .envs(env.iter().copied())
             .env("AMQP_URL", amqp_url)
             .env("STATUS_LISTEN", &addr)
             .env("STATUS_JWT_HS256_SECRET", SECRET)
@@ -307,7 +311,7 @@ impl StatusBench {
         round: usize,
     ) -> anyhow::Result<ConnRound> {
         let server = if ours {
-            Server::order_status(bin, amqp_url, Duration::from_secs(60))
+            Server::order_status(bin, amqp_url, &[], Duration::from_secs(60))
                 .await?
                 .0
         } else {
@@ -417,7 +421,7 @@ impl StatusBench {
             500,
         )
         .await?;
-        let (server, _) = Server::order_status(bin, amqp_url, Duration::from_secs(60)).await?;
+        let (server, _) = Server::order_status(bin, amqp_url, &[], Duration::from_secs(60)).await?;
         let ws_url = format!("ws://{}/connection/websocket", server.addr);
         let received: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
         let clients: Vec<JoinHandle<()>> = futures_util::stream::iter(0..users)
@@ -636,6 +640,8 @@ impl StatusBench {
             ]
         });
         publish_many(&channel, messages, 500).await?;
+        // Where the plain readers stop (order-status publishes and reads its own).
+        let end = order_events::publish_marker(&channel, Duration::from_secs(30)).await?;
         let fill_s = started.elapsed().as_secs_f64();
         let total = orders * 2;
         eprintln!(
@@ -646,65 +652,62 @@ impl StatusBench {
         let _ = conn.close(200, "done".into()).await;
         let mut rounds = Vec::new();
         for _ in 0..self.rounds {
-            for decode in [false, true] {
-                // Baseline: a plain consumer (the feed's prefetch and ack batching) to the end;
-                // once as is, once also decoding each message as the feed does.
+            // Baselines: plain consumers (the feed's prefetch and ack batching) to the end;
+            // one as is, one also decoding each message as the feed does, and two at once on
+            // the two halves (as order-status reads a long stream), decoding.
+            for (readers, decode, reader) in [
+                (1, false, "plain lapin consumer"),
+                (
+                    1,
+                    true,
+                    "plain lapin consumer + shared::order_events::decode",
+                ),
+                (2, true, "2 plain lapin consumers on the halves + decode"),
+            ] {
                 let load = uptime();
-                let cpu0 = proc::cpu_seconds_of("self");
+                let (cpu0, broker0) = (proc::cpu_seconds_of("self"), broker_cpu_seconds());
                 let started = Instant::now();
-                let c = shared::amqp::connect(amqp_url, "xsolla-bench raw catch-up").await?;
-                let ch = c.create_channel().await?;
-                let mut consumer =
-                    order_events::subscribe(&ch, StartAt::First, 500, "bench-catchup").await?;
-                let mut n = 0usize;
-                let mut unacked = 0;
-                while n < total {
-                    let Some(d) = consumer.next().await else {
-                        break;
-                    };
-                    let d = d?;
-                    // The same decode the feed does, so the baseline reads what it reads.
-                    if decode {
-                        std::hint::black_box(order_events::decode_delivery(&d));
-                    }
-                    n += 1;
-                    unacked += 1;
-                    if unacked >= 100 {
-                        d.acker.ack(BasicAckOptions { multiple: true }).await?;
-                        unacked = 0;
-                    }
-                }
+                let n = plain_catch_up(amqp_url, total as u64, &end, readers, decode).await?;
+                anyhow::ensure!(n == total as u64, "{reader} read {n} of {total}");
                 let seconds = started.elapsed().as_secs_f64();
-                let _ = c.close(200, "done".into()).await;
                 let r = CatchupRound {
-                    reader: if decode {
-                        "plain lapin consumer + shared::order_events::decode"
-                    } else {
-                        "plain lapin consumer"
-                    },
+                    reader,
                     seconds,
                     per_s: n as f64 / seconds,
                     rss_mib: 0.0,
                     cpu_s: proc::cpu_seconds_of("self") - cpu0,
+                    broker_cpu_s: broker_cpu_seconds() - broker0,
                     load,
                 };
                 eprintln!("{r:?}");
                 rounds.push(r);
             }
-            let load = uptime();
-            let (server, seconds) =
-                Server::order_status(bin, amqp_url, Duration::from_secs(600)).await?;
-            let r = CatchupRound {
-                reader: "order-status (start → /readyz 200)",
-                seconds,
-                per_s: total as f64 / seconds,
-                rss_mib: rss_kib(&server.pid) as f64 / 1024.0,
-                cpu_s: proc::cpu_seconds_of(&server.pid),
-                load,
-            };
-            eprintln!("{r:?}");
-            rounds.push(r);
-            server.stop().await;
+            for (split, reader) in [
+                ("0", "order-status, one reader (STATUS_CATCH_UP_SPLIT=0)"),
+                ("100000", "order-status (start → /readyz 200)"),
+            ] {
+                let load = uptime();
+                let broker0 = broker_cpu_seconds();
+                let (server, seconds) = Server::order_status(
+                    bin,
+                    amqp_url,
+                    &[("STATUS_CATCH_UP_SPLIT", split)],
+                    Duration::from_secs(600),
+                )
+                .await?;
+                let r = CatchupRound {
+                    reader,
+                    seconds,
+                    per_s: total as f64 / seconds,
+                    rss_mib: rss_kib(&server.pid) as f64 / 1024.0,
+                    cpu_s: proc::cpu_seconds_of(&server.pid),
+                    broker_cpu_s: broker_cpu_seconds() - broker0,
+                    load,
+                };
+                eprintln!("{r:?}");
+                rounds.push(r);
+                server.stop().await;
+            }
         }
         Ok(CatchupReport {
             events: total,
@@ -1043,21 +1046,107 @@ pub fn markdown(r: &StatusReport) -> String {
     }
     if let Some(c) = &r.catchup {
         out += &format!(
-            "catch-up over {} events (filled in {:.1} s, {:.0}/s)\n\n| round | reader | seconds | msgs/s | RSS MiB | CPU s | load |\n|---|---|---|---|---|---|---|\n",
+            "catch-up over {} events (filled in {:.1} s, {:.0}/s)\n\n| round | reader | seconds | msgs/s | RSS MiB | CPU s | broker CPU s | load |\n|---|---|---|---|---|---|---|---|\n",
             c.events, c.fill_s, c.fill_per_s
         );
         for (i, x) in c.rounds.iter().enumerate() {
             out += &format!(
-                "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {} |\n",
-                i / 3 + 1,
+                "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {} |\n",
+                i / 5 + 1,
                 x.reader,
                 x.seconds,
                 x.per_s,
                 x.rss_mib,
                 x.cpu_s,
+                x.broker_cpu_s,
                 x.load
             );
         }
     }
     out
+}
+
+/// Reads the stream up to the marker `end` with `readers` consumers on equal offset ranges
+/// of about `total` messages (separate channels of one connection); returns how many
+/// messages before `end` were read.
+async fn plain_catch_up(
+    amqp_url: &str,
+    total: u64,
+    end: &str,
+    readers: u64,
+    decode: bool,
+) -> anyhow::Result<u64> {
+    let conn = Arc::new(shared::amqp::connect(amqp_url, "xsolla-bench raw catch-up").await?);
+    // The first offset is not always 0 (what the broker keeps before the first message).
+    let first = {
+        let ch = conn.create_channel().await?;
+        let mut probe = order_events::subscribe(&ch, StartAt::First, 1, "bench-probe").await?;
+        let d = probe.next().await.context("an empty stream")??;
+        let _ = ch.close(200, "probed".into()).await;
+        order_events::stream_offset(&d).context("no x-stream-offset")?
+    };
+    let mut tasks = Vec::new();
+    for r in 0..readers {
+        let from = first + total * r / readers;
+        // The last reader reads to `end`: offsets may skip a few numbers.
+        let to = if r + 1 == readers {
+            u64::MAX
+        } else {
+            first + total * (r + 1) / readers
+        };
+        let (conn, end) = (conn.clone(), end.as_bytes().to_vec());
+        tasks.push(tokio::spawn(async move {
+            let ch = conn.create_channel().await?;
+            let mut consumer = order_events::subscribe(
+                &ch,
+                StartAt::Offset(from),
+                500,
+                &format!("bench-catchup-{r}"),
+            )
+            .await?;
+            let (mut n, mut unacked) = (0u64, 0);
+            while let Some(d) = consumer.next().await {
+                let d = d?;
+                let o = order_events::stream_offset(&d).context("no x-stream-offset")?;
+                if o < from {
+                    continue; // served from the start of its chunk
+                }
+                if d.properties.kind().is_some() && d.data == end {
+                    break;
+                }
+                // The same decode the feed does, so the baseline reads what it reads.
+                if decode {
+                    std::hint::black_box(order_events::decode_delivery(&d));
+                }
+                n += 1;
+                unacked += 1;
+                if unacked >= 100 {
+                    d.acker.ack(BasicAckOptions { multiple: true }).await?;
+                    unacked = 0;
+                }
+                if o + 1 >= to {
+                    break;
+                }
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await??;
+    }
+    if let Ok(conn) = Arc::try_unwrap(conn) {
+        let _ = conn.close(200, "done".into()).await;
+    }
+    Ok(n)
+}
+
+/// CPU seconds the local broker (the oldest `beam.smp`) has used; 0 if there is none.
+fn broker_cpu_seconds() -> f64 {
+    std::process::Command::new("pgrep")
+        .args(["-o", "beam.smp"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or(0.0, |pid| proc::cpu_seconds_of(pid.trim()))
 }
