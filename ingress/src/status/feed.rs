@@ -34,8 +34,8 @@ const ACK_EVERY: u64 = 100;
 const FORGET_EVERY: Duration = Duration::from_secs(600);
 /// How long to wait for a broker session before looking at `shutdown` again.
 const WAIT_FOR_BROKER: Duration = Duration::from_secs(1);
-/// How long the probe of the stream's extent waits for its first delivery: past it the
-/// catch-up reads with one reader.
+/// How long a probe of the stream's extent waits for its delivery: past it the catch-up
+/// reads with one reader.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Decoded events of the first part in flight to the applying task.
 const FIRST_PART_QUEUE: usize = 4096;
@@ -217,14 +217,16 @@ fn apply(
 
 /// Where to split a catch-up from the start: half-way between the first retained offset
 /// and the last chunk's, if they are at least `split_from` apart. `None` (one reader) when
-/// the stream is shorter or either end cannot be read within [`PROBE_TIMEOUT`].
+/// the stream is shorter or either end cannot be read in time.
 async fn split_point(session: &shared::amqp::Session, split_from: u64) -> Option<u64> {
     let ends = async {
         let first = first_offset(session, StartAt::First).await?;
         let last = first_offset(session, StartAt::Last).await?;
         lapin::Result::Ok(first.zip(last))
     };
-    match tokio::time::timeout(PROBE_TIMEOUT, ends).await {
+    // Each probe gives up waiting for its delivery after PROBE_TIMEOUT; this bounds a broker
+    // that does not answer the channel's open or close either.
+    match tokio::time::timeout(PROBE_TIMEOUT * 3, ends).await {
         Ok(Ok(Some((first, last)))) if last.saturating_sub(first) >= split_from => {
             Some(first + (last - first) / 2)
         }
@@ -244,9 +246,10 @@ async fn first_offset(
 ) -> lapin::Result<Option<u64>> {
     let channel = session.connection().create_channel().await?;
     let mut consumer = order_events::subscribe(&channel, start, 1, "order-status-probe").await?;
-    let offset = match consumer.next().await {
-        Some(delivery) => order_events::stream_offset(&delivery?),
-        None => None,
+    // An empty stream delivers nothing: no offset, and the channel is closed all the same.
+    let offset = match tokio::time::timeout(PROBE_TIMEOUT, consumer.next()).await {
+        Ok(Some(delivery)) => order_events::stream_offset(&delivery?),
+        Ok(None) | Err(_) => None,
     };
     let _ = channel.close(200, "probed".into()).await;
     Ok(offset)
