@@ -279,8 +279,9 @@ impl FirstPart {
                 Ok(()) => Part::Done,
                 Err(error) => Part::Failed(error),
             };
-            let _ = tx.send(end).await;
+            // Closed before the end is told: the receiver drops this task when it hears it.
             let _ = channel.close(200, "first part read".into()).await;
+            let _ = tx.send(end).await;
         });
         FirstPart {
             rx,
