@@ -234,20 +234,25 @@ pub async fn check_on(connection: &Connection, topology: &Topology) -> lapin::Re
         passive: true,
         ..Default::default()
     };
-    let retry_queues = topology.retry_delays.iter().map(|d| retry_queue_name(*d));
     // Not the order-event stream: a passive declare of a stream asks its leader for its
     // size, and waits as long as that leader's node is silent (64 s here); a quorum
     // queue's answers from any member.
-    let queues = [UNROUTED_QUEUE, DLQ, WORK_QUEUE]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(retry_queues);
-    for queue in queues {
+    for queue in quorum_queues(topology) {
         channel
             .queue_declare(queue.as_str().into(), passive_queue, FieldTable::default())
             .await?;
     }
     Ok(channel)
+}
+
+/// The quorum queues [`declare`] makes: the work queue, the delay tiers (in walking order),
+/// the DLQ and `xsolla.unrouted` (every queue but the order-event stream).
+pub fn quorum_queues(topology: &Topology) -> Vec<String> {
+    let mut queues = vec![WORK_QUEUE.to_owned()];
+    queues.extend(topology.retry_delays.iter().map(|d| retry_queue_name(*d)));
+    queues.push(DLQ.to_owned());
+    queues.push(UNROUTED_QUEUE.to_owned());
+    queues
 }
 
 /// [`check_on`], and [`declare_on`] if a part is missing (a vhost deleted and made again,

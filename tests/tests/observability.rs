@@ -76,7 +76,7 @@ async fn worker_reports_dlq_depth_and_survives_missing_queues_and_lost_connectio
     .await
     .unwrap();
     let text = worker_harness::metrics(ops).await.unwrap();
-    for queue in worker::backlog::queues(&topology) {
+    for queue in shared::topology::quorum_queues(&topology) {
         assert!(
             has_series(&text, "amqp_queue_messages", &queue)
                 && has_series(&text, "amqp_queue_consumers", &queue),

@@ -13,7 +13,7 @@ use std::{
 use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
 use shared::{
     amqp::{Link, Session},
-    topology::{DLQ, Topology, UNROUTED_QUEUE, WORK_QUEUE, retry_queue_name},
+    topology::{self, Topology},
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,15 +25,6 @@ pub const INTERVAL: Duration = Duration::from_secs(15);
 /// Longest wait for one passive declare; a broker that slow is reported by other means.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The queues reported: work queue, delay tiers (in walking order), DLQ, unrouted.
-pub fn queues(topology: &Topology) -> Vec<String> {
-    let mut queues = vec![WORK_QUEUE.to_owned()];
-    queues.extend(topology.retry_delays.iter().map(|d| retry_queue_name(*d)));
-    queues.push(DLQ.to_owned());
-    queues.push(UNROUTED_QUEUE.to_owned());
-    queues
-}
-
 /// Reports the queues of `topology` every `every` (the worker uses [`INTERVAL`]) through
 /// the supervised session of `link`, on a channel of its own, until `shutdown`. The first
 /// report is made as soon as the session is up.
@@ -44,7 +35,8 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let mut reporter = Reporter {
-        queues: queues(topology),
+        // Every quorum queue; the stream's depth is not a backlog.
+        queues: topology::quorum_queues(topology),
         channel: None,
         missing: HashSet::new(),
     };
@@ -187,7 +179,7 @@ mod tests {
             ..Topology::default()
         };
         assert_eq!(
-            queues(&topology),
+            topology::quorum_queues(&topology),
             [
                 "xsolla.fulfillment",
                 "xsolla.fulfillment.retry.10s",
