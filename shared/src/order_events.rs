@@ -17,8 +17,9 @@
 
 use std::time::Duration;
 
+use futures_lite::StreamExt as _;
 use lapin::{
-    BasicProperties, Channel, Consumer,
+    BasicProperties, Channel, Connection, Consumer,
     message::Delivery,
     options::{BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable, LongString},
@@ -352,6 +353,23 @@ pub async fn subscribe(
             args,
         )
         .await
+}
+
+/// The offset of the first message a reader from `start` gets (subscribed on a channel of
+/// its own, closed after): `None` if none comes within `within`, as from an empty stream.
+pub async fn first_offset(
+    connection: &Connection,
+    start: StartAt,
+    within: Duration,
+) -> lapin::Result<Option<u64>> {
+    let channel = connection.create_channel().await?;
+    let mut consumer = subscribe(&channel, start, 1, "offset-probe").await?;
+    let offset = match tokio::time::timeout(within, consumer.next()).await {
+        Ok(Some(delivery)) => stream_offset(&delivery?),
+        Ok(None) | Err(_) => None,
+    };
+    let _ = channel.close(200, "probed".into()).await;
+    Ok(offset)
 }
 
 /// `x-max-age` for a retention: whole seconds (`604800s`), at least one.

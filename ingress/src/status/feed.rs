@@ -170,11 +170,11 @@ async fn consume(
                 let Some(delivery) = delivery else { break };
                 let delivery = delivery?;
                 let offset = order_events::stream_offset(&delivery);
-                match (&first, split) {
+                match &first {
                     // Served from the start of the split's chunk: those are the first part's.
-                    (Some(_), Some(until)) if offset.is_some_and(|o| o < until) => {}
-                    (Some(_), _) => held.push((offset, order_events::decode_delivery(&delivery))),
-                    (None, _) => apply(offset, order_events::decode_delivery(&delivery), state, next, marker),
+                    Some(part) if offset.is_some_and(|o| o < part.until) => {}
+                    Some(_) => held.push((offset, order_events::decode_delivery(&delivery))),
+                    None => apply(offset, order_events::decode_delivery(&delivery), state, next, marker),
                 }
                 unacked += 1;
                 if unacked >= ACK_EVERY {
@@ -219,9 +219,10 @@ fn apply(
 /// and the last chunk's, if they are at least `split_from` apart. `None` (one reader) when
 /// the stream is shorter or either end cannot be read in time.
 async fn split_point(session: &shared::amqp::Session, split_from: u64) -> Option<u64> {
+    let connection = session.connection();
     let ends = async {
-        let first = first_offset(session, StartAt::First).await?;
-        let last = first_offset(session, StartAt::Last).await?;
+        let first = order_events::first_offset(connection, StartAt::First, PROBE_TIMEOUT).await?;
+        let last = order_events::first_offset(connection, StartAt::Last, PROBE_TIMEOUT).await?;
         lapin::Result::Ok(first.zip(last))
     };
     // Each probe gives up waiting for its delivery after PROBE_TIMEOUT; this bounds a broker
@@ -239,22 +240,6 @@ async fn split_point(session: &shared::amqp::Session, split_from: u64) -> Option
     }
 }
 
-/// The offset of the first delivery from `start`, on a channel of its own.
-async fn first_offset(
-    session: &shared::amqp::Session,
-    start: StartAt,
-) -> lapin::Result<Option<u64>> {
-    let channel = session.connection().create_channel().await?;
-    let mut consumer = order_events::subscribe(&channel, start, 1, "order-status-probe").await?;
-    // An empty stream delivers nothing: no offset, and the channel is closed all the same.
-    let offset = match tokio::time::timeout(PROBE_TIMEOUT, consumer.next()).await {
-        Ok(Some(delivery)) => order_events::stream_offset(&delivery?),
-        Ok(None) | Err(_) => None,
-    };
-    let _ = channel.close(200, "probed".into()).await;
-    Ok(offset)
-}
-
 /// What the first part's reader sends, in stream order.
 enum Part {
     Read(Option<u64>, StreamMessage),
@@ -267,6 +252,8 @@ enum Part {
 /// share of a catch-up) and sent in order to the task that applies them. Dropped, it stops
 /// its task: what was not applied is read again from `next`.
 struct FirstPart {
+    /// The split: this part reads the offsets below it.
+    until: u64,
     rx: mpsc::Receiver<Part>,
     _task: AbortOnDropHandle<()>,
 }
@@ -284,6 +271,7 @@ impl FirstPart {
             let _ = tx.send(end).await;
         });
         FirstPart {
+            until,
             rx,
             _task: AbortOnDropHandle::new(task),
         }

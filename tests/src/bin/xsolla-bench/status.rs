@@ -1078,13 +1078,9 @@ async fn plain_catch_up(
 ) -> anyhow::Result<u64> {
     let conn = Arc::new(shared::amqp::connect(amqp_url, "xsolla-bench raw catch-up").await?);
     // The first offset is not always 0 (what the broker keeps before the first message).
-    let first = {
-        let ch = conn.create_channel().await?;
-        let mut probe = order_events::subscribe(&ch, StartAt::First, 1, "bench-probe").await?;
-        let d = probe.next().await.context("an empty stream")??;
-        let _ = ch.close(200, "probed".into()).await;
-        order_events::stream_offset(&d).context("no x-stream-offset")?
-    };
+    let first = order_events::first_offset(&conn, StartAt::First, Duration::from_secs(10))
+        .await?
+        .context("an empty stream")?;
     let mut tasks = Vec::new();
     for r in 0..readers {
         let from = first + total * r / readers;
