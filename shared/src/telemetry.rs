@@ -5,6 +5,10 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+mod text_fields;
+
+pub use text_fields::TextFields;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -48,6 +52,7 @@ pub fn init_tracing(format: LogFormat) {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .fmt_fields(text_fields::TextFields)
                     .with_writer(std::io::stderr)
                     .with_ansi(use_colour(
                         std::io::IsTerminal::is_terminal(&std::io::stderr()),

@@ -157,7 +157,7 @@ impl IngressBench {
         eprintln!(
             "[5/5] bare relay (HTTP → confirmed publish, nothing else): closed loop, {duration:?}"
         );
-        let (relay, relay_cpu) = phase.relay(&self.relay_bin).await?;
+        let (relay, relay_cpu) = phase.relay(&self.relay_bin, None).await?;
         vhost::purge(url, WORK_QUEUE).await?;
 
         Ok(IngressResult {
@@ -232,15 +232,22 @@ impl Phase<'_> {
     }
 
     /// The bare relay under the same closed loop as the ingress in phase 2.
+    /// `bare-relay`'s closed loop; with `required_secret`, the relay also does the
+    /// ingress's required work, checking signatures against that secret
+    /// (`RELAY_REQUIRED_SECRET`).
     pub(crate) async fn relay(
         &self,
         bin: &std::path::Path,
+        required_secret: Option<&str>,
     ) -> anyhow::Result<(LoadReport, CpuPerItem)> {
         let listen = free_addr()?;
-        let env = [
+        let mut env = vec![
             ("RELAY_LISTEN", listen.clone()),
             ("AMQP_URL", self.amqp_url.to_owned()),
         ];
+        if let Some(secret) = required_secret {
+            env.push(("RELAY_REQUIRED_SECRET", secret.to_owned()));
+        }
         let ready = format!("http://{listen}/readyz");
         let relay = Service::start("bare-relay", bin, &env, &ready).await?;
         let target = lean::Target::new(&format!("http://{listen}/webhooks/xsolla"))?;

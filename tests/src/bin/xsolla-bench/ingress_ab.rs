@@ -24,6 +24,11 @@ pub struct IngressAb {
     /// The bare HTTP → confirmed-publish relay every build is measured against.
     #[arg(long, default_value_os_t = sibling_binary("bare-relay"))]
     relay_bin: PathBuf,
+    /// Also run the floor: `bare-relay` doing the work no ingress of ours may leave out
+    /// (signature, strict summary, one answer line; `RELAY_REQUIRED_SECRET`), as a last
+    /// contestant with its own ratios to the relay.
+    #[arg(long)]
+    floor: bool,
     /// Interleaved rounds; each runs the relay and every build once.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
@@ -32,7 +37,7 @@ pub struct IngressAb {
 /// One service's closed loop in one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Leg {
-    /// `bare-relay`, or the ingress binary's path.
+    /// `bare-relay`, the floor, or the ingress binary's path.
     pub name: String,
     pub acked_per_s: f64,
     pub p50_ms: f64,
@@ -59,6 +64,7 @@ pub struct Round {
 pub struct AbResult {
     pub concurrency: usize,
     pub duration_s: f64,
+    /// The builds, then the floor if it ran.
     pub builds: Vec<String>,
     pub rounds: Vec<Round>,
     /// Per build: the median over rounds of its ratios to the relay.
@@ -73,7 +79,12 @@ pub struct AbResult {
 enum Contestant {
     Relay,
     Build(usize),
+    /// `bare-relay` with the required work.
+    Floor,
 }
+
+/// The floor's name in the tables.
+const FLOOR: &str = "floor: bare-relay + signature, summary, answer line";
 
 impl IngressAb {
     pub async fn run(
@@ -104,14 +115,20 @@ impl IngressAb {
         let builds = self.builds();
         let mut order: Vec<Contestant> = std::iter::once(Contestant::Relay)
             .chain((0..builds.len()).map(Contestant::Build))
+            .chain(self.floor.then_some(Contestant::Floor))
             .collect();
+        let mut names: Vec<String> = builds.iter().map(|b| b.display().to_string()).collect();
+        if self.floor {
+            names.push(FLOOR.to_owned());
+        }
         let mut rounds = Vec::new();
         for round in 0..self.rounds {
             let mut legs = vec![None; order.len()];
             for (slot, contestant) in order.iter().enumerate() {
                 let name = match contestant {
                     Contestant::Relay => "bare-relay".to_owned(),
-                    Contestant::Build(i) => builds[*i].display().to_string(),
+                    Contestant::Build(i) => names[*i].clone(),
+                    Contestant::Floor => FLOOR.to_owned(),
                 };
                 eprintln!(
                     "[round {}/{}, {}/{}] {name}: closed loop, {concurrency} senders, {duration:?}",
@@ -137,6 +154,7 @@ impl IngressAb {
                 let index = match contestant {
                     Contestant::Relay => 0,
                     Contestant::Build(i) => i + 1,
+                    Contestant::Floor => builds.len() + 1,
                 };
                 legs[index] = Some(leg);
             }
@@ -155,7 +173,7 @@ impl IngressAb {
             rounds.push(Round { legs, versus_relay });
             order.rotate_left(1);
         }
-        let median_versus_relay: Vec<Versus> = (0..builds.len())
+        let median_versus_relay: Vec<Versus> = (0..names.len())
             .map(|b| Versus {
                 throughput: median(
                     rounds
@@ -169,7 +187,7 @@ impl IngressAb {
         Ok(AbResult {
             concurrency,
             duration_s: duration.as_secs_f64(),
-            builds: builds.iter().map(|b| b.display().to_string()).collect(),
+            builds: names,
             target_met: median_versus_relay
                 .iter()
                 .map(|v| v.throughput >= 0.95 && v.cpu <= 1.3)
@@ -189,7 +207,11 @@ impl IngressAb {
         let (report, cpu) = match contestant {
             Contestant::Relay => {
                 vhost::declare_topology(phase.amqp_url).await?;
-                phase.relay(&self.relay_bin).await?
+                phase.relay(&self.relay_bin, None).await?
+            }
+            Contestant::Floor => {
+                vhost::declare_topology(phase.amqp_url).await?;
+                phase.relay(&self.relay_bin, Some(SECRET)).await?
             }
             Contestant::Build(i) => {
                 let (ingress, webhook_url) =

@@ -5,6 +5,7 @@
 mod baseline;
 mod ingress;
 mod ingress_ab;
+mod log_line;
 mod pipeline;
 mod proc;
 mod status;
@@ -66,6 +67,9 @@ enum Command {
     /// `bare-relay` and one or more ingress builds in interleaved rounds of the same closed
     /// loop: acked/s and CPU per webhook, each as a ratio to the relay of its round.
     IngressAb(ingress_ab::IngressAb),
+    /// The ingress's answer line (`LOG_FORMAT=text`) formatted by tracing-subscriber's
+    /// default and by ours, in alternating batches: µs of CPU per line. No broker needed.
+    LogLine(log_line::LogLine),
     /// The worker draining the queue into a demo inventory (1 and 2 workers) vs a plain
     /// consume-and-ack loop, and the pipeline end to end through the ingress.
     Worker(worker::WorkerBench),
@@ -97,6 +101,7 @@ async fn main() -> ExitCode {
             .run(&cli.amqp_url, concurrency, cli.duration)
             .await
             .and_then(|r| output(cli.json, &r, ingress_ab::markdown)),
+        Command::LogLine(bench) => output(cli.json, &bench.run(), log_line::markdown),
         Command::Worker(bench) => bench
             .run(&cli.amqp_url, concurrency, cli.duration)
             .await

@@ -163,7 +163,8 @@ pub async fn stop_all(services: Vec<Service>) {
     }
 }
 
-/// CPU seconds of `/proc/<pid>` (`self` for this process). Assumes the usual 100 ticks/s.
+/// CPU seconds of `/proc/<pid>` (`self` for this process, `thread-self` for this thread).
+/// Assumes the usual 100 ticks/s.
 pub fn cpu_seconds_of(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
