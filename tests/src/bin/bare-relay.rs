@@ -14,8 +14,9 @@
 //! ingress's own functions: the signature checked against that secret
 //! (`shared::signature::verify`), the body's strict summary (`shared::webhook::summarize`)
 //! and one answer line on stderr (tracing's text format at INFO). A 400 if either check
-//! fails. It prices that floor (`xsolla-bench ingress-ab --floor`): the ingress's distance to this relay is everything else
-//! (allowlist, timeouts, metrics, routing, envelope from the summary).
+//! fails. It prices that floor (`xsolla-bench ingress-ab --floor`): the ingress's distance
+//! to this relay is everything else (allowlist, timeouts, metrics, routing, the envelope from
+//! the summary).
 
 use std::{
     sync::{
@@ -81,9 +82,9 @@ async fn publish(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Byte
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let started = std::time::Instant::now();
     let traceparent = envelope::new_traceparent();
     if let Some(secret) = &relay.required_secret {
+        let started = std::time::Instant::now();
         let checked = shared::signature::verify(Some(signature), &body, &[secret])
             .map_err(|e| e.to_string())
             .and_then(|_| shared::webhook::summarize(&body).map_err(|e| e.to_string()));
