@@ -650,6 +650,10 @@ impl StatusBench {
             uptime()
         );
         let _ = conn.close(200, "done".into()).await;
+        // The broker's CPU is read as the ingress benchmarks read it: the process listening
+        // on the AMQP port (none for a remote broker: its column then stays 0).
+        let broker = proc::listener_pid(proc::amqp_port(amqp_url)).await;
+        let broker_cpu_seconds = || broker.as_deref().map_or(0.0, proc::cpu_seconds_of);
         let mut rounds = Vec::new();
         for _ in 0..self.rounds {
             // Baselines: plain consumers (the feed's prefetch and ack batching) to the end;
@@ -1135,14 +1139,4 @@ async fn plain_catch_up(
         let _ = conn.close(200, "done".into()).await;
     }
     Ok(n)
-}
-
-/// CPU seconds the local broker (the oldest `beam.smp`) has used; 0 if there is none.
-fn broker_cpu_seconds() -> f64 {
-    std::process::Command::new("pgrep")
-        .args(["-o", "beam.smp"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or(0.0, |pid| proc::cpu_seconds_of(pid.trim()))
 }
