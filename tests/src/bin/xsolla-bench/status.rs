@@ -147,6 +147,8 @@ pub struct CatchupReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CatchupRound {
+    /// From 1; every reader runs once a round.
+    pub round: usize,
     pub reader: &'static str,
     pub seconds: f64,
     pub per_s: f64,
@@ -655,7 +657,7 @@ impl StatusBench {
         let broker = proc::listener_pid(proc::amqp_port(amqp_url)).await;
         let broker_cpu_seconds = || broker.as_deref().map_or(0.0, proc::cpu_seconds_of);
         let mut rounds = Vec::new();
-        for _ in 0..self.rounds {
+        for round in 1..=self.rounds {
             // Baselines: plain consumers (the feed's prefetch and ack batching) to the end;
             // one as is, one also decoding each message as the feed does, and two at once on
             // the two halves (as order-status reads a long stream), decoding.
@@ -675,6 +677,7 @@ impl StatusBench {
                 anyhow::ensure!(n == total as u64, "{reader} read {n} of {total}");
                 let seconds = started.elapsed().as_secs_f64();
                 let r = CatchupRound {
+                    round,
                     reader,
                     seconds,
                     per_s: n as f64 / seconds,
@@ -700,6 +703,7 @@ impl StatusBench {
                 )
                 .await?;
                 let r = CatchupRound {
+                    round,
                     reader,
                     seconds,
                     per_s: total as f64 / seconds,
@@ -1053,17 +1057,10 @@ pub fn markdown(r: &StatusReport) -> String {
             "catch-up over {} events (filled in {:.1} s, {:.0}/s)\n\n| round | reader | seconds | msgs/s | RSS MiB | CPU s | broker CPU s | load |\n|---|---|---|---|---|---|---|---|\n",
             c.events, c.fill_s, c.fill_per_s
         );
-        for (i, x) in c.rounds.iter().enumerate() {
+        for x in &c.rounds {
             out += &format!(
                 "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {} |\n",
-                i / 5 + 1,
-                x.reader,
-                x.seconds,
-                x.per_s,
-                x.rss_mib,
-                x.cpu_s,
-                x.broker_cpu_s,
-                x.load
+                x.round, x.reader, x.seconds, x.per_s, x.rss_mib, x.cpu_s, x.broker_cpu_s, x.load
             );
         }
     }
