@@ -51,6 +51,15 @@ struct FastVisitor<'writer> {
 }
 
 impl FastVisitor<'_> {
+    /// The space before every field but the first, as `DefaultVisitor` writes it.
+    fn pad(&mut self) -> fmt::Result {
+        if std::mem::take(&mut self.is_empty) {
+            Ok(())
+        } else {
+            self.writer.write_char(' ')
+        }
+    }
+
     /// Writes the separating space (if needed) and `name=`, as `DefaultVisitor` does
     /// without colours; `false` for a field it leaves out (`log.*`: tracing-log's metadata,
     /// already on the line).
@@ -60,32 +69,17 @@ impl FastVisitor<'_> {
             return false;
         }
         let name = name.strip_prefix("r#").unwrap_or(name);
-        let pad = if std::mem::take(&mut self.is_empty) {
-            ""
-        } else {
-            " "
-        };
         self.result = self
-            .writer
-            .write_str(pad)
+            .pad()
             .and_then(|()| self.writer.write_str(name))
             .and_then(|()| self.writer.write_char('='));
         true
     }
 
-    /// Hands one field to `DefaultVisitor`, continuing this line.
-    fn delegate(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
-        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
-        record(&mut visitor);
-        self.result = visitor.finish();
-        if !field.name().starts_with("log.") {
-            self.is_empty = false;
-        }
-    }
-
-    fn integer(&mut self, field: &Field, digits: &str) {
+    /// `name=text`, the text as it is (digits, `true`, `false`).
+    fn bare(&mut self, field: &Field, text: &str) {
         if self.result.is_ok() && self.name(field) && self.result.is_ok() {
-            self.result = self.writer.write_str(digits);
+            self.result = self.writer.write_str(text);
         }
     }
 }
@@ -148,20 +142,27 @@ impl Visit for FastVisitor<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.integer(field, itoa::Buffer::new().format(value));
+        self.bare(field, itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.integer(field, itoa::Buffer::new().format(value));
+        self.bare(field, itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.integer(field, if value { "true" } else { "false" });
+        self.bare(field, if value { "true" } else { "false" });
     }
 
+    /// An error and its sources: `DefaultVisitor`'s own, continuing this line.
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        if self.result.is_ok() {
-            self.delegate(field, |v| v.record_error(field, value));
+        if self.result.is_err() {
+            return;
+        }
+        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        visitor.record_error(field, value);
+        self.result = visitor.finish();
+        if !field.name().starts_with("log.") {
+            self.is_empty = false;
         }
     }
 
@@ -171,13 +172,8 @@ impl Visit for FastVisitor<'_> {
         }
         // The message: bare, with what could drive a terminal escaped as the default does.
         if field.name() == "message" {
-            let pad = if std::mem::take(&mut self.is_empty) {
-                ""
-            } else {
-                " "
-            };
             let sanitize = self.writer.sanitizes_ansi_escapes();
-            self.result = self.writer.write_str(pad).and_then(|()| {
+            self.result = self.pad().and_then(|()| {
                 let mut escaping = Escaping {
                     inner: &mut self.writer,
                     sanitize,
