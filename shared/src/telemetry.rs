@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+mod c1_escaped;
 mod text_fields;
 
 pub use text_fields::TextFields;
@@ -75,13 +76,14 @@ fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> b
 /// (`message`, …) and its spans' fields (`name` = the innermost span's name; a field set
 /// by two spans is written once, the innermost's value). An event must not repeat a field
 /// of a span it is logged in (json-subscriber would write the key twice):
-/// `tests/tests/observability.rs` checks real lines for that.
-fn json_layer<S, W>(writer: W) -> json_subscriber::JsonLayer<S, W>
+/// `tests/tests/observability.rs` checks real lines for that. C1 controls are written
+/// escaped ([`c1_escaped`]).
+fn json_layer<S, W>(writer: W) -> json_subscriber::JsonLayer<S, c1_escaped::C1Escaped<W>>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
 {
-    let mut layer = json_subscriber::JsonLayer::new(writer);
+    let mut layer = json_subscriber::JsonLayer::new(c1_escaped::C1Escaped(writer));
     layer
         .with_timer("timestamp", tracing_subscriber::fmt::time::SystemTime)
         .with_level("level")

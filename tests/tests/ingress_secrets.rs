@@ -1,6 +1,7 @@
 //! Secrets and internal detail never leave the ingress (`secrecy`, `ingress/src/error.rs`): not in
 //! answers, not in its logs, not in its start-up errors. Every test plants distinctive `S3CR3T-…`
-//! values and greps everything the real binary says.
+//! values and greps everything the real binary says. Nor can a sender write its own lines into
+//! those logs.
 
 use std::time::Duration;
 
@@ -197,4 +198,58 @@ async fn webhooks_to_unconfigured_projects_log_one_warn_line_per_project() {
         "{logs}"
     );
     assert!(!logs.contains("ERROR"), "{logs}");
+}
+
+/// The project id of the path is the sender's text, and the refusal's line carries it. A
+/// newline in it must not start a forged line, nor an escape sequence reach the operator's
+/// terminal: in either format, one event is one line.
+#[tokio::test]
+async fn a_sender_cannot_forge_a_log_line() {
+    let forged = "2026-12-02T01:00:00.000000Z  INFO ingress::routes: webhook answered status=204";
+    let path = format!(
+        "/webhooks/xsolla/1%0A{}%1B%5B2J%0D%C2%9B",
+        forged.replace(' ', "%20")
+    );
+    for format in ["text", "json"] {
+        let vhost = TestVhost::create().await.unwrap();
+        let ingress = IngressProcess::spawn(&[
+            ("AMQP_URL", &vhost.amqp_url()),
+            ("XSOLLA_WEBHOOK_SECRET", HOOK_SECRET),
+            ("LOG_FORMAT", format),
+        ])
+        .await
+        .unwrap();
+        let r = reqwest::Client::new()
+            .post(ingress.url(&path))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        tests::wait::until(Duration::from_secs(5), "the refusal's line", || async {
+            ingress.logs().contains("webhook refused")
+        })
+        .await
+        .unwrap();
+        let logs = ingress.logs();
+        let refusal: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("INFO ingress::routes: webhook answered"))
+            .collect();
+        assert_eq!(
+            refusal.len(),
+            1,
+            "{format}: the forged text is on the refusal's own line: {logs}"
+        );
+        assert!(refusal[0].contains("webhook refused"), "{format}: {logs}");
+        assert!(
+            !logs.lines().any(|l| l.starts_with(forged)),
+            "{format}: {logs}"
+        );
+        let stray = logs.chars().find(|c| c.is_control() && *c != '\n');
+        assert_eq!(stray, None, "{format}: {logs:?}");
+        if format == "json" {
+            tests::logs::parse_json_log(&logs).unwrap();
+        }
+    }
 }
