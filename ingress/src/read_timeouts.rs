@@ -1,7 +1,10 @@
 //! The header-read and idle timeouts of one HTTP/1.1 connection, enforced on its socket's
-//! reads. hyper has one timer for both (it runs from the end of an answer to the end of the
-//! next head) and so cannot tell a client that is slow from one that is idle; this can,
-//! because the service tells it where the connection is (`ConnClock`).
+//! reads, and its write timeout, on its writes. hyper has one timer for the first two (it
+//! runs from the end of an answer to the end of the next head) and so cannot tell a client
+//! that is slow from one that is idle; this can, because the service tells it where the
+//! connection is (`ConnClock`). hyper has no timer at all for a client that sends requests
+//! but never reads the answers: the write waits for ever and the connection holds its slot
+//! under the cap (512 such clients, a few kB of requests each, shut the server).
 
 use std::{
     future::Future,
@@ -20,6 +23,8 @@ use tokio::{
     net::TcpStream,
     time::{Instant, Sleep},
 };
+
+use crate::serve::HttpTimeouts;
 
 /// Where a connection is in its life, shared between its socket and its service.
 pub(crate) struct ConnClock {
@@ -63,15 +68,18 @@ impl ConnClock {
     }
 }
 
-/// The socket, enforcing the header-read and idle timeouts on reads. `K` lives exactly as
-/// long as the socket (an upgraded one included): the connection's slot under the cap.
+/// The socket, enforcing the header-read and idle timeouts on reads and the write timeout
+/// on writes. `K` lives exactly as long as the socket (an upgraded one included): the
+/// connection's slot under the cap.
 pub(crate) struct Guarded<K> {
     inner: TcpStream,
     clock: Arc<ConnClock>,
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
+    timeouts: HttpTimeouts,
     timer: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
+    /// Runs while a write cannot go out: armed at the first blocked write of a stall.
+    write_timer: Pin<Box<Sleep>>,
+    write_stalled: bool,
     _kept: K,
 }
 
@@ -79,17 +87,17 @@ impl<K> Guarded<K> {
     pub(crate) fn new(
         inner: TcpStream,
         clock: Arc<ConnClock>,
-        header_read_timeout: Duration,
-        idle_timeout: Duration,
+        timeouts: HttpTimeouts,
         kept: K,
     ) -> Guarded<K> {
         Guarded {
             inner,
             clock,
-            header_read_timeout,
-            idle_timeout,
-            timer: Box::pin(tokio::time::sleep(header_read_timeout)),
+            timeouts,
+            timer: Box::pin(tokio::time::sleep(timeouts.header_read_timeout)),
             armed_for: None,
+            write_timer: Box::pin(tokio::time::sleep(timeouts.write_timeout)),
+            write_stalled: false,
             _kept: kept,
         }
     }
@@ -97,21 +105,47 @@ impl<K> Guarded<K> {
     /// The instant past which the current phase has taken too long, if it has a limit.
     fn deadline(&self) -> Option<Instant> {
         let limit = match self.clock.phase() {
-            HEAD => self.header_read_timeout,
-            IDLE => self.idle_timeout,
+            HEAD => self.timeouts.header_read_timeout,
+            IDLE => self.timeouts.idle_timeout,
             _ => return None,
         };
         Some(self.clock.since() + limit)
     }
 
-    fn timed_out(phase: u8) -> io::Error {
-        let (what, label) = if phase == IDLE {
-            ("idle timeout", "idle")
-        } else {
-            ("header read timeout", "header")
-        };
+    fn timed_out(what: &'static str, label: &'static str) -> io::Error {
         metrics::counter!("http_connections_timed_out_total", "phase" => label).increment(1);
         io::Error::new(io::ErrorKind::TimedOut, what)
+    }
+
+    fn read_timed_out(phase: u8) -> io::Error {
+        if phase == IDLE {
+            Self::timed_out("idle timeout", "idle")
+        } else {
+            Self::timed_out("header read timeout", "header")
+        }
+    }
+
+    /// `write` on the socket, failing it once the client has taken nothing for the write
+    /// timeout (its receive window stays shut). An upgraded connection's owner bounds its
+    /// own writes.
+    fn guard_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if let Poll::Ready(written) = write(Pin::new(&mut self.inner), cx) {
+            self.write_stalled = false;
+            return Poll::Ready(written);
+        }
+        if self.clock.phase() == UPGRADED {
+            return Poll::Pending;
+        }
+        if !std::mem::replace(&mut self.write_stalled, true) {
+            let deadline = Instant::now() + self.timeouts.write_timeout;
+            self.write_timer.as_mut().reset(deadline);
+        }
+        ready!(self.write_timer.as_mut().poll(cx));
+        Poll::Ready(Err(Self::timed_out("write timeout", "write")))
     }
 }
 
@@ -130,7 +164,7 @@ impl<K: Unpin> AsyncRead for Guarded<K> {
                     IDLE => this.clock.enter(HEAD),
                     // A trickling head still has to arrive whole in time.
                     HEAD if this.deadline().is_some_and(|d| Instant::now() >= d) => {
-                        return Poll::Ready(Err(Self::timed_out(HEAD)));
+                        return Poll::Ready(Err(Self::read_timed_out(HEAD)));
                     }
                     _ => {}
                 }
@@ -146,7 +180,7 @@ impl<K: Unpin> AsyncRead for Guarded<K> {
             this.armed_for = Some(deadline);
         }
         ready!(this.timer.as_mut().poll(cx));
-        Poll::Ready(Err(Self::timed_out(this.clock.phase())))
+        Poll::Ready(Err(Self::read_timed_out(this.clock.phase())))
     }
 }
 
@@ -156,7 +190,7 @@ impl<K: Unpin> AsyncWrite for Guarded<K> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.guard_write(cx, |socket, cx| socket.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -164,7 +198,7 @@ impl<K: Unpin> AsyncWrite for Guarded<K> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.guard_write(cx, |socket, cx| socket.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

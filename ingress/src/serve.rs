@@ -1,13 +1,13 @@
 //! An HTTP/1.1 server loop for a public listener, hardened against slow and idle clients:
-//! a header-read timeout, an idle keep-alive timeout, a whole-request deadline and a cap on
-//! open connections, and an accept loop that survives running out of file descriptors.
+//! a header-read timeout, an idle keep-alive timeout, a whole-request deadline, a write
+//! timeout for a client that does not read its answers and a cap on open connections, and an
+//! accept loop that survives running out of file descriptors.
 //!
 //! `axum::serve` has none of these (it gives hyper no timer), so a client sending one header
 //! byte a second, or a body one byte short, or nothing at all, held a connection for ever.
-//! Used by the `ingress` binary. Written so that `order-status` can use it too (WebSocket
-//! upgrades are left alone once upgraded: the deadlines cover reading a request and running
-//! its handler, never an upgraded connection), but `order-status` still runs plain
-//! `axum::serve` (`ingress::status::run`) and reads none of these options.
+//! Used by the `ingress` and `order-status` binaries (`ingress::status::run`; WebSocket
+//! upgrades are left alone once upgraded: the deadlines cover reading a request, running its
+//! handler and writing its answer, never an upgraded connection).
 //!
 //! ```no_run
 //! # async fn order_status(router: axum::Router) -> std::io::Result<()> {
@@ -17,7 +17,7 @@
 //! #[derive(clap::Parser)]
 //! struct Args {
 //!     #[command(flatten)]
-//!     limits: ServerLimits, // HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS
+//!     limits: ServerLimits, // HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT, MAX_CONNECTIONS
 //! }
 //! let args = Args::parse();
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:8081").await?;
@@ -94,6 +94,11 @@ pub struct HttpTimeouts {
     /// the next request, before it is closed.
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// How long an answer may wait for a client that takes none of it (its receive window
+    /// stays shut: it sends requests and never reads) before the connection is closed.
+    #[arg(long, env = "WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
 }
 
 impl Default for HttpTimeouts {
@@ -102,6 +107,7 @@ impl Default for HttpTimeouts {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -195,8 +201,7 @@ async fn serve_connection(
     let io = Guarded::new(
         stream,
         clock.clone(),
-        limits.timeouts.header_read_timeout,
-        limits.timeouts.idle_timeout,
+        limits.timeouts,
         (slot, OpenConnection::count()),
     );
     let service = ConnService {

@@ -53,6 +53,7 @@ async fn an_upgraded_connection_outlives_every_timeout() {
             header_read_timeout: Duration::from_millis(200),
             request_timeout: Duration::from_millis(200),
             idle_timeout: Duration::from_millis(200),
+            write_timeout: Duration::from_millis(200),
         },
         max_connections: 4,
     };
@@ -164,6 +165,61 @@ async fn a_slow_handler_is_answered_408_at_the_request_deadline() {
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// A client that sends requests and never reads the answers: once they fill the socket's
+/// buffers the write cannot go out, and without a write timeout the connection held its slot
+/// for ever (with a cap of 512, as many such clients shut the server). With one slot, a
+/// second client is served only once the first is closed.
+#[tokio::test]
+async fn a_client_that_reads_no_answers_is_closed_after_the_write_timeout() {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const ANSWERS: usize = 200;
+    const ANSWER_BYTES: usize = 64 * 1024;
+    let limits = ServerLimits {
+        timeouts: HttpTimeouts {
+            write_timeout: Duration::from_millis(300),
+            ..HttpTimeouts::default()
+        },
+        max_connections: 1,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let router = Router::new().route("/big", get(|| async { "x".repeat(ANSWER_BYTES) }));
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { serve(listener, router, &limits, shutdown).await }
+    });
+
+    // 200 answers of 64 KiB (12.5 MiB) into a 4 KiB receive buffer that is never read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut deaf = socket.connect(addr).await.unwrap();
+    deaf.write_all(&b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n".repeat(ANSWERS))
+        .await
+        .unwrap();
+
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    next.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), next.read_to_end(&mut answer))
+        .await
+        .expect("served once the deaf client's slot is freed")
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+
+    // The deaf client was cut off: what it can still read ends well short of its answers.
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), deaf.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "its connection is closed");
+    assert!(got.len() < ANSWERS * ANSWER_BYTES, "{} bytes", got.len());
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }

@@ -384,9 +384,9 @@ fn describe_http_server() {
     describe_counter!(
         "http_connections_timed_out_total",
         "Connections closed by a timer, by phase (header = HEADER_READ_TIMEOUT, idle = \
-         IDLE_TIMEOUT, request = REQUEST_TIMEOUT, answered 408)."
+         IDLE_TIMEOUT, request = REQUEST_TIMEOUT, answered 408, write = WRITE_TIMEOUT)."
     );
-    for phase in ["header", "idle", "request"] {
+    for phase in ["header", "idle", "request", "write"] {
         counter!("http_connections_timed_out_total", "phase" => phase).increment(0);
     }
 }
