@@ -1103,3 +1103,79 @@ async fn private_broker_events_survive_a_broker_restart() {
     running.kill().await.unwrap();
     fresh.kill().await.unwrap();
 }
+
+/// A player who sends history commands and never reads the replies: once the socket's
+/// buffers are full, a send waits, and while it waits nothing else of the connection runs
+/// (its tracking window, the pong timer, shutdown). Without a write deadline it held its
+/// slot for ever. With one slot per user, a new connection of the same player gets in once
+/// the deaf one is cut off after `WRITE_TIMEOUT`.
+#[tokio::test]
+async fn a_client_that_reads_no_replies_is_cut_off_after_the_write_timeout() {
+    const ORDERS: u64 = 40;
+    let s = setup().await;
+    let user = "u-deaf";
+    for order in 1..=ORDERS {
+        s.paid(990_000 + order, user).await;
+    }
+    let status = s
+        .status(&[
+            ("STATUS_MAX_CONNECTIONS_PER_USER", "1"),
+            ("WRITE_TIMEOUT", "500ms"),
+        ])
+        .await;
+    let jwt = mint_jwt(TEST_JWT_SECRET, user, HOUR);
+    let connect = json!({"connect": {"data": {"auth": jwt, "project_id": PROJECT}}, "id": 1});
+    let mut probe = Client::open(&status).await;
+    probe.connect(&jwt, PROJECT).await;
+    let replies = probe.history(&channel(user), 2).await;
+    assert_eq!(statuses(&replies).len(), ORDERS as usize);
+    drop(probe);
+
+    // 4 400 history replies of 40 publications (10 MB) into a 4 KiB receive buffer, read
+    // only up to the connect reply (the probe's slot may take a moment to be freed). The
+    // task keeps the socket open whatever happens: only the server may end it.
+    let mut deaf = wait::value(WITHIN, "the deaf client connected", || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = MaybeTlsStream::Plain(socket.connect(status.addr).await.unwrap());
+        let (ws, _) = tokio_tungstenite::client_async(status.ws_url(), stream)
+            .await
+            .expect("WebSocket upgrade");
+        let mut client = Client { ws };
+        client.send(&connect.to_string()).await;
+        match client.next().await {
+            Ok(v) if v["connect"].is_object() => Ok(client.ws),
+            seen => Err(format!("{seen:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    let history = json!({"history": {"channel": channel(user), "since": {"offset": 0}, "limit": -1}, "id": 3});
+    let frame = vec![history.to_string(); 550].join("\n");
+    let flood = tokio::spawn(async move {
+        for _ in 0..8 {
+            if deaf
+                .send(Message::Text(frame.clone().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        std::future::pending::<()>().await;
+        drop(deaf);
+    });
+
+    wait::until(
+        WITHIN,
+        "the player's slot freed by the write deadline",
+        || async {
+            let mut again = Client::open(&status).await;
+            again.send(&connect.to_string()).await;
+            again.next().await.is_ok_and(|v| v["connect"].is_object())
+        },
+    )
+    .await
+    .unwrap();
+    flood.abort();
+}

@@ -50,6 +50,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub max_frame_bytes: usize,
+    /// `WRITE_TIMEOUT`: a WebSocket frame the client takes none of for this long ends it.
+    pub write_timeout: Duration,
 }
 
 /// What every handler shares.
@@ -112,6 +114,7 @@ pub async fn run(
             max_connections: args.max_connections,
             max_connections_per_user: args.max_connections_per_user,
             max_frame_bytes: args.max_frame_bytes,
+            write_timeout: args.http.write_timeout,
         },
         origins: args.origins(),
         shutdown: shutdown.clone(),

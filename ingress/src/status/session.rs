@@ -73,7 +73,7 @@ enum ConnectOutcome {
 /// Serves one upgraded socket until it ends.
 pub async fn serve(mut socket: WebSocket, app: Arc<App>) {
     let Some(_slot) = app.state.connection(app.limits.max_connections) else {
-        return ws::close(socket, close::TOO_MANY).await;
+        return ws::close(socket, close::TOO_MANY, app.limits.write_timeout).await;
     };
     let started = Instant::now();
     let end = match handshake(&mut socket, &app).await {
@@ -82,7 +82,7 @@ pub async fn serve(mut socket: WebSocket, app: Arc<App>) {
     };
     if let End::Close(code) = end {
         tracing::debug!(code = code.0, reason = code.1, "closing WebSocket");
-        ws::close(socket, code).await;
+        ws::close(socket, code, app.limits.write_timeout).await;
     }
 }
 
@@ -195,6 +195,7 @@ async fn connect(
         Err(refusal) => {
             send(
                 socket,
+                app,
                 protocol::error_reply(id, refusal.code, refusal.message),
             )
             .await?;
@@ -219,11 +220,12 @@ async fn connect(
     let version = env!("CARGO_PKG_VERSION");
     send(
         socket,
+        app,
         protocol::connect_reply(id, &client, version, ping, &channel),
     )
     .await?;
     for publication in &current {
-        push(socket, &channel, publication).await?;
+        push(socket, app, &channel, publication).await?;
     }
     Ok(ConnectOutcome::Connected(Connected {
         key,
@@ -265,7 +267,7 @@ async fn converse(
             () = &mut window => Err(End::Close(close::WINDOW)),
             () = &mut finish, if c.tracking.finishing => Err(End::Close(close::FINISHED)),
             () = &mut silence => Err(End::Close(close::NO_PONG)),
-            _ = ping.tick() => send(socket, "{}".to_owned()).await,
+            _ = ping.tick() => send(socket, app, "{}".to_owned()).await,
             publication = c.subscription.rx.recv() => {
                 let p = publication.map_err(|e| match e {
                     RecvError::Lagged(_) => End::Close(close::SLOW),
@@ -276,7 +278,7 @@ async fn converse(
                         if c.tracking.saw(p.status, || app.state.read(|v| v.open_orders(&c.key))) {
                             finish.as_mut().reset(Instant::now() + limits.final_grace);
                         }
-                        push(socket, &c.channel, &p).await
+                        push(socket, app, &c.channel, &p).await
                     }
                     Err(end) => Err(end),
                 }
@@ -320,7 +322,7 @@ async fn command(socket: &mut WebSocket, app: &App, c: &Connected, line: &str) -
             &format!("method not found: {name}"),
         ),
     };
-    send(socket, reply).await
+    send(socket, app, reply).await
 }
 
 /// The history of the client's own channel, as `docs/centrifuge-protocol.md` §6 filters it.
@@ -345,14 +347,21 @@ fn history(app: &App, c: &Connected, id: u32, req: &HistoryRequest) -> String {
     protocol::history_reply(id, &pubs, &app.state.epoch, top)
 }
 
-async fn push(socket: &mut WebSocket, channel: &str, p: &Publication) -> Result<(), End> {
-    send(socket, protocol::push(channel, p)).await?;
+async fn push(
+    socket: &mut WebSocket,
+    app: &App,
+    channel: &str,
+    p: &Publication,
+) -> Result<(), End> {
+    send(socket, app, protocol::push(channel, p)).await?;
     metrics::counter!("status_publications_sent_total").increment(1);
     Ok(())
 }
 
-async fn send(socket: &mut WebSocket, text: String) -> Result<(), End> {
-    if ws::send(socket, text).await {
+/// A frame the client takes none of within `WRITE_TIMEOUT` ends the conversation: while a
+/// send waits, nothing else here runs (not the window, the pong timer or shutdown).
+async fn send(socket: &mut WebSocket, app: &App, text: String) -> Result<(), End> {
+    if ws::send(socket, text, app.limits.write_timeout).await {
         Ok(())
     } else {
         Err(End::Gone)

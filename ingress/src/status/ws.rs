@@ -81,18 +81,22 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
-/// Sends `text` as one text frame; false when the connection is gone.
-pub async fn send(socket: &mut WebSocket, text: String) -> bool {
-    socket.send(Message::Text(text.into())).await.is_ok()
+/// Sends `text` as one text frame; false when the connection is gone, or when the client
+/// took none of it `within` (it does not read: the socket's buffers are full).
+pub async fn send(socket: &mut WebSocket, text: String, within: Duration) -> bool {
+    let sent = tokio::time::timeout(within, socket.send(Message::Text(text.into()))).await;
+    matches!(sent, Ok(Ok(())))
 }
 
-/// Sends a close frame and waits briefly for the client's, so the code reaches it.
-pub async fn close(mut socket: WebSocket, (code, reason): (u16, &str)) {
+/// Sends a close frame (given up after `within`, as [`send`]) and waits briefly for the
+/// client's, so the code reaches it.
+pub async fn close(mut socket: WebSocket, (code, reason): (u16, &str), within: Duration) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
+    let sent = tokio::time::timeout(within, socket.send(Message::Close(Some(frame)))).await;
+    if !matches!(sent, Ok(Ok(()))) {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
