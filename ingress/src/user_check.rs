@@ -33,7 +33,14 @@ pub enum UserCheckError {
     Status { api: String, status: u16 },
     #[error("user API {api} unreachable: {reason}")]
     Unreachable { api: String, reason: String },
+    #[error("user API {api} answered more than {limit} bytes")]
+    TooLarge { api: String, limit: usize },
 }
+
+/// Most of a user API answer that is read. A user is a few hundred bytes; without a cap a
+/// misrouted `USER_CHECK_URL` (a listing, a download) was read whole into memory, as fast
+/// as the game could send it until `USER_CHECK_TIMEOUT`.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Client for `USER_CHECK_URL`.
 #[derive(Debug, Clone)]
@@ -100,7 +107,7 @@ impl UserCheck {
         let response = request.send().await.map_err(|e| self.classify(e))?;
         let status = response.status();
         if status.is_success() {
-            let body = response.bytes().await.map_err(|e| self.classify(e))?;
+            let body = self.read_capped(response).await?;
             return Ok(Lookup::Exists(serde_json::from_slice(&body).ok()));
         }
         if status == reqwest::StatusCode::NOT_FOUND {
@@ -110,6 +117,31 @@ impl UserCheck {
             api: self.shown.clone(),
             status: status.as_u16(),
         })
+    }
+
+    /// The answer's body, refused once it passes [`MAX_ANSWER_BYTES`].
+    async fn read_capped(
+        &self,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, UserCheckError> {
+        let too_large = || UserCheckError::TooLarge {
+            api: self.shown.clone(),
+            limit: MAX_ANSWER_BYTES,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(e))? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn classify(&self, e: reqwest::Error) -> UserCheckError {

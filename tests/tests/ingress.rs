@@ -430,8 +430,9 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     assert_eq!(error_code(r).await, (403, "INVALID_CLIENT_IP".into()));
 }
 
-/// A real HTTP user API: user `1234567` exists, `down` answers 500, `slow` never in time;
-/// its root and its collection answer 200, as many APIs do.
+/// A real HTTP user API: user `1234567` exists, `down` answers 500, `slow` never in time,
+/// `huge` and `chunked` answer 200 with a megabyte (with its length, and chunked); its root
+/// and its collection answer 200, as many APIs do.
 async fn user_api() -> String {
     let listing = || async { (StatusCode::OK, r#"{"users":[]}"#) };
     let app = Router::new()
@@ -448,6 +449,20 @@ async fn user_api() -> String {
                     "slow" => {
                         tokio::time::sleep(Duration::from_secs(30)).await;
                         StatusCode::OK.into_response()
+                    }
+                    "huge" => {
+                        let pad = "x".repeat(1 << 20);
+                        (
+                            StatusCode::OK,
+                            format!(r#"{{"user":{{"id":"huge","pad":"{pad}"}}}}"#),
+                        )
+                            .into_response()
+                    }
+                    "chunked" => {
+                        let chunks = futures_util::stream::iter(
+                            (0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 16 * 1024])),
+                        );
+                        axum::body::Body::from_stream(chunks).into_response()
                     }
                     _ => (StatusCode::NOT_FOUND, "").into_response(),
                 }
@@ -491,7 +506,7 @@ async fn validates_users_through_the_game_api() {
             "user id {escape:?}"
         );
     }
-    for broken in ["down", "slow"] {
+    for broken in ["down", "slow", "huge", "chunked"] {
         let r = s.post_signed(&validation(json!(broken))).await;
         assert!(r.headers().contains_key("retry-after"), "{broken}");
         assert_eq!(
