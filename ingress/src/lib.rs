@@ -17,7 +17,7 @@ pub mod status;
 pub mod user_check;
 pub mod verify;
 
-use std::{future::IntoFuture as _, process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -52,6 +52,9 @@ pub async fn run_checked(
 }
 
 /// Binds `METRICS_LISTEN`; the error is one line naming the option.
+/// Connections the `METRICS_LISTEN` server keeps open at once (scrapers and probes).
+const METRICS_MAX_CONNECTIONS: u32 = 64;
+
 async fn bind_metrics(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
@@ -125,9 +128,17 @@ pub async fn run_listening(
         Some(metrics_listener) => {
             tracing::info!(listen = %metrics_listener.local_addr()?, "serving /metrics (METRICS_LISTEN)");
             let ops = ops::router::<()>(ready.clone(), metrics);
-            let stop = metrics_stop.clone().cancelled_owned();
-            let server = axum::serve(metrics_listener, ops).with_graceful_shutdown(stop);
-            let task = tokio::spawn(server.into_future());
+            // The same timers as the public port, and few connections: scrapers and
+            // probes, never so many that they take the descriptors webhooks need.
+            let limits = serve::ServerLimits {
+                timeouts: args.limits.timeouts,
+                max_connections: METRICS_MAX_CONNECTIONS,
+            };
+            let stop = metrics_stop.clone();
+            let task =
+                tokio::spawn(
+                    async move { serve::serve(metrics_listener, ops, &limits, stop).await },
+                );
             (
                 routes::router(app).merge(ops::health_router(ready)),
                 Some(task),
@@ -147,12 +158,10 @@ pub async fn run_listening(
     broker_stop.cancel();
     let _ = supervisor.await;
     metrics_stop.cancel();
-    if let Some(task) = metrics_server {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the METRICS_LISTEN server failed"),
-            Err(e) => tracing::warn!(error = %e, "the METRICS_LISTEN server panicked"),
-        }
+    if let Some(task) = metrics_server
+        && let Err(e) = ops::join_stopped(task, "the METRICS_LISTEN server").await
+    {
+        tracing::warn!(error = %e, "the METRICS_LISTEN server failed");
     }
     tracing::info!("ingress stopped");
     Ok(())

@@ -1,9 +1,35 @@
 //! `/healthz`, `/readyz` and `/metrics`, the same on the ingress and the worker.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{Router, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
+
+/// How long a stopped ops server may wait for its open connections. A scrape or a probe
+/// takes milliseconds; a connection still open after this is not one (a half-sent
+/// request, a client that never reads), and it held the process past SIGTERM for ever.
+pub const OPS_DRAIN: Duration = Duration::from_secs(1);
+
+/// Waits for an ops server that was told to stop (`what` names it in the log), at most
+/// [`OPS_DRAIN`]; then it is aborted, closing what it still had open. An error of the
+/// server or its task (a panic) is returned.
+pub async fn join_stopped(
+    mut server: JoinHandle<std::io::Result<()>>,
+    what: &str,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(OPS_DRAIN, &mut server).await {
+        Ok(joined) => joined.map_err(|e| std::io::Error::other(format!("{what} task: {e}")))?,
+        Err(_) => {
+            server.abort();
+            tracing::warn!(
+                drain_ms = OPS_DRAIN.as_millis() as u64,
+                "{what} still had connections open after shutdown; closed them"
+            );
+            Ok(())
+        }
+    }
+}
 
 /// Routes for liveness (process answers), readiness (`ready()` is true) and Prometheus.
 pub fn router<S: Clone + Send + Sync + 'static>(

@@ -934,6 +934,63 @@ async fn json_logs_carry_each_deliverys_ids_and_each_refusals_client_once_per_ke
     assert!(!line.raw.contains('@'), "an e-mail address: {}", line.raw);
 }
 
+/// Half a request, then nothing: what a stuck scraper or a slowloris leaves open.
+async fn half_a_request(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    stream
+}
+
+/// A connection left open on the metrics or ops port held the ingress and the worker past
+/// SIGTERM for ever (their servers waited for every connection). Both now exit on time.
+#[tokio::test]
+async fn an_open_connection_to_the_metrics_port_does_not_hold_up_shutdown() {
+    let vhost = TestVhost::create().await.unwrap();
+    let url = vhost.amqp_url();
+    let metrics_addr = free_port();
+    let log = log_path("metrics-drain");
+    let (mut ingress, _) = spawn_ingress(
+        &url,
+        &log,
+        &[
+            ("METRICS_LISTEN", &metrics_addr.to_string()),
+            ("SHUTDOWN_TIMEOUT", "1s"),
+        ],
+    )
+    .await
+    .unwrap();
+    let inventory = DemoInventory::start(InventoryConfig::default())
+        .await
+        .unwrap();
+    let worker = WorkerProcess::spawn(&url, &inventory.url(), &[("SHUTDOWN_TIMEOUT", "1s")])
+        .await
+        .unwrap();
+    let _stuck_ingress = half_a_request(metrics_addr).await;
+    let _stuck_worker = half_a_request(worker.ops).await;
+
+    let pid = ingress.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), ingress.wait())
+        .await
+        .expect("the ingress exits after SIGTERM")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    assert_eq!(
+        worker.terminate(Duration::from_secs(15)).await.unwrap(),
+        Some(0),
+        "the worker exits after SIGTERM"
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
 // ---- METRICS_LISTEN: /metrics off the public port ---------------------------------------
 
 async fn status_of(url: String) -> u16 {

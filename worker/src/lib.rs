@@ -109,8 +109,8 @@ pub async fn run(
     session_stop.cancel();
     let _ = supervisor.await;
     ops_stop.cancel();
-    ops.await
-        .context("ops server task")?
+    shared::ops::join_stopped(ops, "the ops server")
+        .await
         .context("ops server")?;
     tracing::info!("worker stopped");
     Ok(())
