@@ -50,7 +50,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub max_frame_bytes: usize,
-    /// `WRITE_TIMEOUT`: a WebSocket frame the client takes none of for this long ends it.
+    /// `WRITE_TIMEOUT`: a WebSocket frame not sent within this ends the connection.
     pub write_timeout: Duration,
 }
 

@@ -358,7 +358,7 @@ async fn push(
     Ok(())
 }
 
-/// A frame the client takes none of within `WRITE_TIMEOUT` ends the conversation: while a
+/// A frame not sent within `WRITE_TIMEOUT` ends the conversation: while a
 /// send waits, nothing else here runs (not the window, the pong timer or shutdown).
 async fn send(socket: &mut WebSocket, app: &App, text: String) -> Result<(), End> {
     if ws::send(socket, text, app.limits.write_timeout).await {

@@ -81,8 +81,8 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
-/// Sends `text` as one text frame; false when the connection is gone, or when the client
-/// took none of it `within` (it does not read: the socket's buffers are full).
+/// Sends `text` as one text frame; false when the connection is gone, or when the frame is
+/// not out `within` (a client that does not read: the socket's buffers are full).
 pub async fn send(socket: &mut WebSocket, text: String, within: Duration) -> bool {
     let sent = tokio::time::timeout(within, socket.send(Message::Text(text.into()))).await;
     matches!(sent, Ok(Ok(())))
