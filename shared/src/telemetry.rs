@@ -260,6 +260,7 @@ fn describe_ingress() {
 
 fn describe_worker() {
     use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+    describe_http_server();
     describe_counter!(
         "worker_order_event_failures_total",
         "Order events the broker did not confirm, by error (as ingress_publish_confirm_seconds' \
@@ -372,7 +373,8 @@ fn describe_order_status() {
     counter!("status_catch_up_read_ahead_total").increment(0);
 }
 
-/// The series of `ingress::serve`, the HTTP server of the ingress and of order-status.
+/// The series of `shared::serve`, the HTTP server of the ingress, of order-status and of the
+/// worker's ops port.
 fn describe_http_server() {
     use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
     describe_gauge!(

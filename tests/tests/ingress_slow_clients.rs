@@ -1,4 +1,4 @@
-//! Hostile clients against the running ingress (its own HTTP server, `ingress/src/serve.rs`):
+//! Hostile clients against the running ingress (its own HTTP server, `shared/src/serve.rs`):
 //! slowloris heads, stalled bodies, idle keep-alive connections, more connections than the cap, and
 //! running out of file descriptors. Timeouts are set short so each test takes a second or two.
 

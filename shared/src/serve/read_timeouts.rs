@@ -24,7 +24,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::serve::HttpTimeouts;
+use super::HttpTimeouts;
 
 /// Where a connection is in its life, shared between its socket and its service.
 pub(crate) struct ConnClock {

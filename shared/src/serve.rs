@@ -12,7 +12,7 @@
 //! ```no_run
 //! # async fn order_status(router: axum::Router) -> std::io::Result<()> {
 //! use clap::Parser as _;
-//! use ingress::serve::{ServerLimits, serve};
+//! use shared::serve::{ServerLimits, serve};
 //!
 //! #[derive(clap::Parser)]
 //! struct Args {
@@ -42,6 +42,7 @@ use std::{
     time::Duration,
 };
 
+use crate::config::parse_duration;
 use axum::{
     Router,
     body::Body,
@@ -50,7 +51,6 @@ use axum::{
 };
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use shared::config::parse_duration;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -58,7 +58,9 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
 
-use crate::read_timeouts::{BUSY, ConnClock, Guarded, IDLE, UPGRADED};
+mod read_timeouts;
+
+use read_timeouts::{BUSY, ConnClock, Guarded, IDLE, UPGRADED};
 
 /// Limits for one listener; `#[command(flatten)]` it into a binary's options.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -379,5 +381,4 @@ fn request_timed_out() -> Response<Body> {
 }
 
 #[cfg(test)]
-#[path = "serve_tests.rs"]
 mod tests;
