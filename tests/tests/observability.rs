@@ -946,7 +946,8 @@ async fn half_a_request(addr: SocketAddr) -> tokio::net::TcpStream {
 }
 
 /// A connection left open on the metrics or ops port held the ingress and the worker past
-/// SIGTERM for ever (their servers waited for every connection). Both now exit on time.
+/// SIGTERM for ever (their servers waited for every connection). Both ports now run the
+/// hardened server (`shared::serve`), and both binaries exit on time.
 #[tokio::test]
 async fn an_open_connection_to_the_metrics_port_does_not_hold_up_shutdown() {
     let vhost = TestVhost::create().await.unwrap();
@@ -971,6 +972,15 @@ async fn an_open_connection_to_the_metrics_port_does_not_hold_up_shutdown() {
         .unwrap();
     let _stuck_ingress = half_a_request(metrics_addr).await;
     let _stuck_worker = half_a_request(worker.ops).await;
+    // Both ports run the hardened server, which counts its connections: the stuck one and
+    // the scrape's own.
+    for (port, what) in [
+        (metrics_addr, "METRICS_LISTEN"),
+        (worker.ops, "WORKER_LISTEN"),
+    ] {
+        let open = metric_sum(&scrape(port).await.unwrap(), "http_connections_open", &[]);
+        assert!(open >= 2.0, "{what}: http_connections_open = {open}");
+    }
 
     let pid = ingress.id().expect("running").to_string();
     let killed = std::process::Command::new("kill")
