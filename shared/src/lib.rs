@@ -11,5 +11,6 @@ pub mod publish;
 pub mod serve;
 pub mod signature;
 pub mod telemetry;
+pub mod terminal;
 pub mod topology;
 pub mod webhook;

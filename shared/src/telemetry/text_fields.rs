@@ -6,9 +6,10 @@
 //! is, control characters included, and escapes only a terminal's control codes in the
 //! message. An error carrying sender text (a project id from the URL path, a game's
 //! pretty-printed error body) then wrote a newline and a forged line after it, or an
-//! escape sequence for the operator's terminal. Here every control character of a value or
-//! a message (C0, DEL, C1) is written escaped (`\n`, `\x1b`, `\u{9b}`), so a line is one
-//! event. Strings (`value = s`) are quoted and escaped by `Debug` as before.
+//! escape sequence for the operator's terminal. Here every character of a value or a message
+//! that `crate::terminal::is_unsafe` names (C0, DEL, C1, line separators, bidi controls) is
+//! written escaped (`\n`, `\x1b`, `\u{9b}`, `\u{202e}`), so a line is one event and reads as
+//! what it is. Strings (`value = s`) are quoted and escaped by `Debug` as before.
 //!
 //! **Faster.** The default writes each field through `core::fmt` twice over (the name
 //! painted for a terminal, the value through `Debug`, strings char by char); that was most
@@ -142,18 +143,16 @@ fn is_plain(s: &str) -> bool {
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
-/// Writes through to `W` with every control character escaped: C0 (`\n`, `\r`, `\t`, else
-/// `\x1b`-style, as tracing-subscriber writes ESC), DEL and the C1 controls (`\u{9b}`, as
-/// tracing-subscriber writes them), which could end the line or drive a terminal. A piece
-/// of text without any is written in one call (one check of its bytes).
+/// Writes through to `W` with every character [`crate::terminal::is_unsafe`] names escaped:
+/// C0 as `\n`, `\r`, `\t` or `\x1b` (tracing-subscriber's spelling of ESC), DEL as `\x7f`,
+/// the rest (C1 controls, line separators, bidi controls) as `\u{9b}` (tracing-subscriber's
+/// spelling of C1). A piece of text without any is written in one call (one check of its
+/// bytes).
 struct Escaping<'a, W>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // 0xc2 leads every C1 control in UTF-8 (U+0080..U+009F); other chars it leads
-        // only take the slow path.
-        let risky = |b: &u8| *b < 0x20 || matches!(b, 0x7f | 0xc2);
-        if !s.as_bytes().iter().any(risky) {
+        if !crate::terminal::may_hold_unsafe(s) {
             return self.0.write_str(s);
         }
         for ch in s.chars() {
@@ -162,7 +161,7 @@ impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
                 '\r' => self.0.write_str("\\r")?,
                 '\t' => self.0.write_str("\\t")?,
                 '\0'..='\x1f' | '\x7f' => write!(self.0, "\\x{:02x}", ch as u32)?,
-                '\u{80}'..='\u{9f}' => write!(self.0, "\\u{{{:x}}}", ch as u32)?,
+                ch if crate::terminal::is_unsafe(ch) => write!(self.0, "\\u{{{:x}}}", ch as u32)?,
                 _ => self.0.write_char(ch)?,
             }
         }
@@ -343,12 +342,11 @@ mod tests {
     }
 
     /// Text a sender controls (`%` or `?`, in a message, in an error or its sources) can
-    /// neither end the line nor reach a terminal as a control code. The default writes
-    /// these raw: a forged line after the newline.
+    /// neither end the line, nor reach a terminal as a control code, nor reorder what the
+    /// line reads. The default writes these raw: a forged line after the newline.
     #[test]
     fn control_characters_never_leave_the_line() {
-        let forged =
-            "1\n2026-12-02T01:00:00Z  INFO ingress: webhook answered\r\x1b[2J\x00\x7f\u{9b}";
+        let forged = "1\n2026-12-02T01:00:00Z  INFO ingress: webhook answered\r\x1b[2J\x00\x7f\u{9b}\u{202e}\u{2028}";
         struct RawDebug(&'static str);
         impl fmt::Debug for RawDebug {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -371,12 +369,11 @@ mod tests {
             );
             assert_eq!(ours.lines().count(), 4, "{ours:?}");
             let body = ours.replace('\n', "");
-            // `is_control`: C0, DEL and C1.
             let stray = body
                 .chars()
-                .find(|c| c.is_control() && !(colours && *c == '\x1b'));
+                .find(|c| crate::terminal::is_unsafe(*c) && !(colours && *c == '\x1b'));
             assert_eq!(stray, None, "{ours:?}");
-            for escaped in [r"1\n2026-12-02", r"\r\x1b[2J\x00\x7f\u{9b}"] {
+            for escaped in [r"1\n2026-12-02", r"\r\x1b[2J\x00\x7f\u{9b}\u{202e}\u{2028}"] {
                 assert_eq!(ours.matches(escaped).count(), 5, "{escaped} in {ours}");
             }
             // The only escape codes left on a terminal are the painting's own.
@@ -384,7 +381,8 @@ mod tests {
         }
     }
 
-    /// Any text, control characters well represented (`any::<String>()` holds none).
+    /// Any text, unsafe characters well represented (`any::<String>()` holds no control
+    /// character, and a bidi control once in a blue moon).
     fn text() -> impl Strategy<Value = String> {
         let c1 = (0x80u32..0xa0).prop_map(|c| char::from_u32(c).expect("C1 is scalar"));
         let char = prop_oneof![
@@ -392,6 +390,7 @@ mod tests {
             1 => (0u8..0x20).prop_map(char::from),
             1 => Just('\x7f'),
             1 => c1,
+            1 => prop::sample::select(vec!['\u{202e}', '\u{2066}', '\u{200f}', '\u{061c}', '\u{2028}', '—', '✓']),
         ];
         prop::collection::vec(char, 0..40).prop_map(String::from_iter)
     }
@@ -407,8 +406,8 @@ mod tests {
         fn any_displayed_text_stays_on_its_line(value in text()) {
             let (default, ours) = both(|| tracing::info!(shown = %value, "m {value}"));
             prop_assert_eq!(ours.lines().count(), 1);
-            prop_assert!(!ours.trim_end_matches('\n').chars().any(char::is_control));
-            if !value.chars().any(char::is_control) {
+            prop_assert!(!ours.trim_end_matches('\n').chars().any(crate::terminal::is_unsafe));
+            if !value.chars().any(crate::terminal::is_unsafe) {
                 prop_assert_eq!(ours, default);
             }
         }

@@ -1,25 +1,14 @@
 //! Making stored text safe to print on an operator's terminal.
 //!
 //! Parked bodies and headers come from outside (a webhook body, any publisher's headers), and
-//! `worker dlq`'s text output goes straight to a terminal: an ESC or CSI sequence there can
-//! recolour, move the cursor, retitle the window or hide lines (terminal injection); a CR or a
-//! line separator can forge a line; bidi overrides can make text read differently from what
-//! it is. Text output shows each such character as a visible `\u{…}` escape instead.
-//! `--json` output is left alone: serde escapes control characters, and it must stay exact.
+//! `worker dlq`'s and `worker order`'s text output goes straight to a terminal. Text output
+//! shows each character [`is_unsafe`] names (terminal controls, line breaks, bidi overrides)
+//! as a visible `\u{…}` escape instead. `--json` output is left alone: serde escapes control
+//! characters, and it must stay exact.
 
 use std::borrow::Cow;
 
-/// Whether `c` must not reach a terminal raw: C0 controls, DEL, C1 controls (CSI is U+009B),
-/// line and paragraph separators, and the bidirectional marks, embeddings, overrides and
-/// isolates.
-pub fn is_unsafe(c: char) -> bool {
-    matches!(c,
-        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
-        | '\u{2028}' | '\u{2029}'
-        | '\u{200e}' | '\u{200f}' | '\u{061c}'
-        | '\u{202a}'..='\u{202e}'
-        | '\u{2066}'..='\u{2069}')
-}
+pub use shared::terminal::is_unsafe;
 
 /// One line of output (a table cell, a header value): every unsafe character escaped,
 /// newlines and tabs included.

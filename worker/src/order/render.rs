@@ -121,19 +121,10 @@ fn when(at: &str) -> String {
         .unwrap_or_else(|| printable(at))
 }
 
-/// `s` with control characters (C0, DEL, C1) and bidi controls written as `\u{…}`
-/// escapes, so outside text prints as what it is.
+/// `s` with every character `shared::terminal::is_unsafe` names written as a `\u{…}`
+/// escape, so outside text prints as what it is (as `worker dlq` prints it).
 pub fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || bidi {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::dlq::escape::line(s).into_owned()
 }
 
 #[cfg(test)]
