@@ -51,9 +51,6 @@ pub async fn run_checked(
 }
 
 /// Binds `METRICS_LISTEN`; the error is one line naming the option.
-/// Connections the `METRICS_LISTEN` server keeps open at once (scrapers and probes).
-const METRICS_MAX_CONNECTIONS: u32 = 64;
-
 async fn bind_metrics(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
@@ -127,17 +124,13 @@ pub async fn run_listening(
         Some(metrics_listener) => {
             tracing::info!(listen = %metrics_listener.local_addr()?, "serving /metrics (METRICS_LISTEN)");
             let ops = ops::router::<()>(ready.clone(), metrics);
-            // The same timers as the public port, and few connections: scrapers and
-            // probes, never so many that they take the descriptors webhooks need.
-            let limits = serve::ServerLimits {
-                timeouts: args.limits.timeouts,
-                max_connections: METRICS_MAX_CONNECTIONS,
-            };
-            let stop = metrics_stop.clone();
-            let task =
-                tokio::spawn(
-                    async move { serve::serve(metrics_listener, ops, &limits, stop).await },
-                );
+            // The same timers as the public port.
+            let task = ops::spawn_server(
+                metrics_listener,
+                ops,
+                args.limits.timeouts,
+                metrics_stop.clone(),
+            );
             (
                 routes::router(app).merge(ops::health_router(ready)),
                 Some(task),

@@ -4,7 +4,30 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{Router, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::task::JoinHandle;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::serve::{HttpTimeouts, ServerLimits};
+
+/// Connections an ops server keeps open at once: scrapers and probes, never so many that
+/// they take the descriptors the binary's real work needs.
+pub const MAX_CONNECTIONS: u32 = 64;
+
+/// Serves an ops router (`/metrics`, the probes) on its own listener until `stop`, with the
+/// hardened server (`crate::serve`): a stalled scraper or probe is timed out, and at most
+/// [`MAX_CONNECTIONS`] are open. Wait for it with [`join_stopped`].
+pub fn spawn_server(
+    listener: TcpListener,
+    router: Router,
+    timeouts: HttpTimeouts,
+    stop: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    let limits = ServerLimits {
+        timeouts,
+        max_connections: MAX_CONNECTIONS,
+    };
+    tokio::spawn(async move { crate::serve::serve(listener, router, &limits, stop).await })
+}
 
 /// How long a stopped ops server may wait for its open connections. A scrape or a probe
 /// takes milliseconds; a connection still open after this is not one (a half-sent

@@ -32,9 +32,6 @@ pub use process::{Context, DeadReason, Message, Outcome, process};
 
 use crate::{consume::ConsumeOptions, inventory::InventoryClient, retry::RetryPolicy};
 
-/// Connections the ops port keeps open at once (probes and scrapers).
-const OPS_MAX_CONNECTIONS: u32 = 64;
-
 /// Runs the worker until `shutdown`: keeps a broker session, consumes and fulfils, and
 /// serves `/healthz`, `/readyz` and `/metrics` on `ops_listener`. Returns once in-flight
 /// deliveries are settled (or `SHUTDOWN_TIMEOUT` passed) and the connection is closed.
@@ -87,16 +84,12 @@ pub async fn run(
     };
     let ops_stop = CancellationToken::new();
     let router = shared::ops::router::<()>(ready, shared::telemetry::metrics_handle());
-    // The ingress's hardened server: a probe or scraper that stalls is timed out, and a
-    // few connections at most, so the port cannot take the worker's descriptors.
-    let limits = shared::serve::ServerLimits {
-        timeouts: shared::serve::HttpTimeouts::default(),
-        max_connections: OPS_MAX_CONNECTIONS,
-    };
-    let ops = tokio::spawn({
-        let stop = ops_stop.clone();
-        async move { shared::serve::serve(ops_listener, router, &limits, stop).await }
-    });
+    let ops = shared::ops::spawn_server(
+        ops_listener,
+        router,
+        shared::serve::HttpTimeouts::default(),
+        ops_stop.clone(),
+    );
     tracing::info!(
         inventory = %redacted(inventory_url),
         concurrency = args.concurrency,

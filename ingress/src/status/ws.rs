@@ -84,7 +84,12 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
 /// Sends `text` as one text frame; false when the connection is gone, or when the frame is
 /// not out `within` (a client that does not read: the socket's buffers are full).
 pub async fn send(socket: &mut WebSocket, text: String, within: Duration) -> bool {
-    let sent = tokio::time::timeout(within, socket.send(Message::Text(text.into()))).await;
+    send_within(socket, Message::Text(text.into()), within).await
+}
+
+/// Sends `message`; false when it failed or was not out `within`.
+async fn send_within(socket: &mut WebSocket, message: Message, within: Duration) -> bool {
+    let sent = tokio::time::timeout(within, socket.send(message)).await;
     matches!(sent, Ok(Ok(())))
 }
 
@@ -95,8 +100,7 @@ pub async fn close(mut socket: WebSocket, (code, reason): (u16, &str), within: D
         code,
         reason: reason.into(),
     };
-    let sent = tokio::time::timeout(within, socket.send(Message::Close(Some(frame)))).await;
-    if !matches!(sent, Ok(Ok(()))) {
+    if !send_within(&mut socket, Message::Close(Some(frame)), within).await {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {

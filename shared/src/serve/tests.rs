@@ -2,6 +2,25 @@
 
 use super::*;
 
+/// `serve` on an ephemeral port: its address, the token that stops it, and its task.
+async fn start(
+    router: Router,
+    limits: ServerLimits,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { serve(listener, router, &limits, shutdown).await }
+    });
+    (addr, shutdown, server)
+}
+
 #[test]
 fn reads_the_soft_open_files_limit() {
     let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
@@ -57,14 +76,8 @@ async fn an_upgraded_connection_outlives_every_timeout() {
         },
         max_connections: 4,
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
     let router = Router::new().route("/echo", get(echo));
-    let server = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { serve(listener, router, &limits, shutdown).await }
-    });
+    let (addr, shutdown, server) = start(router, limits).await;
 
     let mut client = TcpStream::connect(addr).await.unwrap();
     client
@@ -103,14 +116,8 @@ async fn a_request_head_over_64_kib_is_refused_with_431() {
     use axum::routing::get;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
     let router = Router::new().route("/", get(|| async { "ok" }));
-    let server = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { serve(listener, router, &ServerLimits::default(), shutdown).await }
-    });
+    let (addr, shutdown, server) = start(router, ServerLimits::default()).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     let big = "a".repeat(MAX_HEAD_BYTES + 1);
     let head = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
@@ -139,9 +146,6 @@ async fn a_slow_handler_is_answered_408_at_the_request_deadline() {
         },
         ..ServerLimits::default()
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
     let router = Router::new().route(
         "/slow",
         get(|| async {
@@ -149,10 +153,7 @@ async fn a_slow_handler_is_answered_408_at_the_request_deadline() {
             "too late"
         }),
     );
-    let server = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { serve(listener, router, &limits, shutdown).await }
-    });
+    let (addr, shutdown, server) = start(router, limits).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     client
         .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -187,14 +188,8 @@ async fn a_client_that_reads_no_answers_is_closed_after_the_write_timeout() {
         },
         max_connections: 1,
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
     let router = Router::new().route("/big", get(|| async { "x".repeat(ANSWER_BYTES) }));
-    let server = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { serve(listener, router, &limits, shutdown).await }
-    });
+    let (addr, shutdown, server) = start(router, limits).await;
 
     // 200 answers of 64 KiB (12.5 MiB) into a 4 KiB receive buffer that is never read.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -243,9 +238,6 @@ async fn shutdown_finishes_the_request_in_flight_and_closes_idle_connections() {
     use axum::routing::get;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
     let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
     let router = Router::new()
@@ -262,10 +254,7 @@ async fn shutdown_finishes_the_request_in_flight_and_closes_idle_connections() {
             }),
         )
         .route("/", get(|| async { "ok" }));
-    let server = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { serve(listener, router, &ServerLimits::default(), shutdown).await }
-    });
+    let (addr, shutdown, server) = start(router, ServerLimits::default()).await;
     // An idle keep-alive connection, answered once.
     let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
